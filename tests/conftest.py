@@ -1,0 +1,228 @@
+"""Shared fixtures: real tusd-py server processes on free ports, on SQLite and PostgreSQL.
+
+With TUSD_TEST_REQUIRE_SERVICES=1 (as in CI) a missing PostgreSQL, Redis or node fails the
+test instead of skipping it, so a green run means every backend was exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def services_required() -> bool:
+    return os.environ.get("TUSD_TEST_REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+
+def missing_service(reason: str) -> None:
+    """Skip, or fail when the run demands every service (CI)."""
+    if services_required():
+        pytest.fail(f"required service unavailable: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- PostgreSQL -----------------------------------------------------------------------
+
+
+def _admin_url() -> str:
+    return os.environ.get("TUSD_TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
+
+
+def _psycopg_dsn(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(_psycopg_dsn(_admin_url()), connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+class PostgresDatabases:
+    """Creates a fresh database per server so tests never see each other's uploads."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.created: list[str] = []
+
+    def create(self) -> str:
+        import psycopg
+
+        name = f"tusd_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(_psycopg_dsn(self.admin_url), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        base, _, _ = self.admin_url.rpartition("/")
+        return f"{base}/{name}"
+
+    def drop_all(self) -> None:
+        import psycopg
+
+        with psycopg.connect(_psycopg_dsn(self.admin_url), autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    if not postgres_available():
+        missing_service(f"PostgreSQL not reachable at {_admin_url()}")
+    databases = PostgresDatabases(_admin_url())
+    yield databases
+    databases.drop_all()
+
+
+# --- server processes -----------------------------------------------------------------
+
+
+class ServerProcess:
+    """One `tusd-py serve` process; can be killed and started again on the same state."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.extra_args = list(extra_args or [])
+        self.env = env or {}
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def files_url(self) -> str:
+        return f"{self.base_url}/files/"
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "tusd_py", "serve",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.data_dir), "--log-level", "warning",
+        ]
+        if self.database_url:
+            cmd += ["--database-url", self.database_url]
+        return cmd + self.extra_args
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        if self.database_url and self.database_url.startswith("postgresql"):
+            subprocess.run(
+                [sys.executable, "-m", "tusd_py", "migrate", "--database-url", self.database_url],
+                check=True, capture_output=True, timeout=60,
+            )
+        log = open(self.log_path, "ab")
+        env = {**os.environ, **self.env}
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become healthy:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case; nothing gets to clean up."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def server_factory(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> Iterator[object]:
+    """Returns start(extra_args=[...], env={...}) -> ServerProcess on the test's backend."""
+    started: list[ServerProcess] = []
+
+    def start(
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        database_url: str | None = None,
+    ) -> ServerProcess:
+        if database_url is None and backend == "postgres":
+            database_url = request.getfixturevalue("postgres_databases").create()
+        directory = data_dir or tmp_path / f"data-{len(started)}"
+        directory.mkdir(parents=True, exist_ok=True)
+        server = ServerProcess(directory, database_url, extra_args, env).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(server_factory: object) -> ServerProcess:
+    return server_factory()  # type: ignore[operator, no-any-return]
+
+
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+        yield http
+
+
+def node_available() -> bool:
+    return shutil.which("node") is not None
