@@ -128,9 +128,18 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "tusd_py", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--data-dir", str(self.data_dir), "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "tusd_py",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "warning",
         ]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
@@ -140,7 +149,9 @@ class ServerProcess:
         if self.database_url and self.database_url.startswith("postgresql"):
             subprocess.run(
                 [sys.executable, "-m", "tusd_py", "migrate", "--database-url", self.database_url],
-                check=True, capture_output=True, timeout=60,
+                check=True,
+                capture_output=True,
+                timeout=60,
             )
         log = open(self.log_path, "ab")
         env = {**os.environ, **self.env}

@@ -369,9 +369,7 @@ def decide_creation(headers: Headers, limits: Limits) -> CreationPlan:
             raise _too_much(length, limits)
         initial_append = AppendPlan(0, max_bytes, body_length, None, _checksum(headers))
     kind = ConcatKind.PARTIAL if isinstance(concat, ConcatPartial) else ConcatKind.NONE
-    return CreationPlan(
-        length, kind, (), metadata_header, metadata, concat_value, initial_append
-    )
+    return CreationPlan(length, kind, (), metadata_header, metadata, concat_value, initial_append)
 
 
 def _check_max_size(length: int, limits: Limits) -> None:
@@ -430,9 +428,7 @@ def check_partial(partial: Upload, now: datetime) -> None:
     if partial.status in GONE_STATUSES or is_expired(partial, now):
         raise InvalidPartial(f"Partial upload {partial.id} was terminated or has expired.")
     if partial.concat_kind is not ConcatKind.PARTIAL:
-        raise InvalidPartial(
-            f"Upload {partial.id} was not created with Upload-Concat: partial."
-        )
+        raise InvalidPartial(f"Upload {partial.id} was not created with Upload-Concat: partial.")
 
 
 def final_ready(partials: list[Upload]) -> bool:
@@ -570,4 +566,4 @@ def content_headers(metadata: dict[str, bytes | None]) -> dict[str, str]:
 def _disposition_filename(filename: str) -> str:
     name = filename.replace("\\", "/").rsplit("/", 1)[-1][:255]
     ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
-    return f'; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(name, safe="")}'
+    return f"; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"

@@ -185,7 +185,12 @@ def parse_http_date(value: str) -> datetime:
     weekday, day, month, year, hour, minute, second = match.groups()
     try:
         moment = datetime(
-            int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second),
+            int(year),
+            _MONTHS.index(month) + 1,
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
             tzinfo=UTC,
         )
     except ValueError as exc:

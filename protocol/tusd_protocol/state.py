@@ -35,8 +35,12 @@ class ConcatKind(enum.StrEnum):
 
 TRANSITIONS: dict[UploadStatus, frozenset[UploadStatus]] = {
     UploadStatus.RECEIVING: frozenset(
-        {UploadStatus.RECEIVING, UploadStatus.FINISHED, UploadStatus.TERMINATED,
-         UploadStatus.EXPIRED}
+        {
+            UploadStatus.RECEIVING,
+            UploadStatus.FINISHED,
+            UploadStatus.TERMINATED,
+            UploadStatus.EXPIRED,
+        }
     ),
     UploadStatus.CONCATENATING: frozenset(
         {UploadStatus.FINISHED, UploadStatus.TERMINATED, UploadStatus.EXPIRED}

@@ -1,0 +1,61 @@
+"""MemoryStore: bytes in a dict. For unit tests only; it holds everything in memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from .base import Appender, Capability, StorageError, Store
+
+
+class MemoryStore(Store):
+    capabilities = frozenset(
+        {Capability.CONCATENATION, Capability.RANGE_READS, Capability.DEFERRED_LENGTH}
+    )
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytearray] = {}
+
+    async def create(self, upload_id: str, length: int | None) -> None:
+        if upload_id in self.blobs:
+            raise StorageError(f"upload {upload_id} exists")
+        self.blobs[upload_id] = bytearray()
+
+    def appender(self, upload_id: str, offset: int) -> Appender:
+        return _MemoryAppender(self._blob(upload_id), offset)
+
+    async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        yield bytes(self._blob(upload_id)[start:end])
+
+    async def concatenate(self, upload_id: str, sources: Sequence[tuple[str, int]]) -> None:
+        target = self._blob(upload_id)
+        target.clear()
+        for source_id, length in sources:
+            target += self._blob(source_id)[:length]
+
+    async def finish(self, upload_id: str, length: int) -> None:
+        del self._blob(upload_id)[length:]
+
+    async def delete(self, upload_id: str) -> None:
+        self.blobs.pop(upload_id, None)
+
+    def _blob(self, upload_id: str) -> bytearray:
+        try:
+            return self.blobs[upload_id]
+        except KeyError:
+            raise StorageError(f"upload {upload_id} is missing") from None
+
+
+class _MemoryAppender(Appender):
+    def __init__(self, blob: bytearray, offset: int) -> None:
+        self._blob = blob
+        self._start = self._position = offset
+
+    async def write(self, chunk: bytes) -> None:
+        self._blob[self._position : self._position + len(chunk)] = chunk
+        self._position += len(chunk)
+
+    async def close(self) -> int:
+        return self._position - self._start
+
+    async def abort(self) -> None:
+        pass

@@ -1,0 +1,458 @@
+"""tus 1.0.0 core protocol on the wire: PROTOCOL.md items 1-9.
+
+Item 7 (interrupted PATCH) lives in test_interrupt.py, the integer grammar of item 8 in
+depth in test_bad_input.py; the cases here are the core behaviours a client relies on.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.integration._wire import (
+    MAX_INT,
+    OCTET,
+    assert_error,
+    create,
+    json_error,
+    metadata,
+    offset_of,
+    patch,
+    payload,
+    post,
+    stored,
+    stored_uploads,
+    upload_all,
+)
+
+EXTENSIONS = {
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "expiration",
+    "checksum",
+    "termination",
+    "concatenation",
+    "concatenation-unfinished",
+}
+
+
+def split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# --- 1: Tus-Resumable on every response ----------------------------------------------
+
+
+REQUESTS = ["post", "head", "patch", "get-finished", "delete", "options", "head-unknown",
+            "patch-mismatch", "post-invalid"]
+
+
+@pytest.mark.parametrize("kind", REQUESTS)
+def test_every_response_carries_tus_resumable(client: httpx.Client, kind: str) -> None:
+    url = create(client, 4)
+    if kind == "post":
+        response = post(client, 10)
+    elif kind == "head":
+        response = client.head(url)
+    elif kind == "patch":
+        response = patch(client, url, 0, b"ab")
+    elif kind == "get-finished":
+        upload_all(client, url, b"abcd")
+        response = client.get(url)
+    elif kind == "delete":
+        response = client.delete(url)
+    elif kind == "options":
+        response = client.options("/files/")
+    elif kind == "head-unknown":
+        response = client.head("/files/AAAAAAAAAAAAAAAAAAAAAA")
+    elif kind == "patch-mismatch":
+        response = patch(client, url, 3, b"x")
+    else:
+        response = post(client, None)
+    assert response.status_code < 500, response.text
+    assert response.headers.get("tus-resumable") == "1.0.0", (kind, dict(response.headers))
+
+
+# --- 2: missing or unsupported Tus-Resumable ------------------------------------------
+
+
+@pytest.mark.parametrize("version", [None, "0.2.2", "1.0", "2.0.0", ""])
+def test_post_without_supported_tus_resumable_is_412_and_creates_nothing(
+    server: ServerProcess, version: str | None
+) -> None:
+    headers = {"Upload-Length": "10"}
+    if version is not None:
+        headers["Tus-Resumable"] = version
+    response = httpx.post(server.files_url, headers=headers)
+    assert_error(response, 412, "ERR_UNSUPPORTED_VERSION")
+    assert "1.0.0" in split_list(response.headers["tus-version"])
+    assert "location" not in response.headers
+    assert stored_uploads(server) == set()
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PATCH", "DELETE", "GET"])
+def test_request_without_tus_resumable_is_412_and_changes_nothing(
+    server: ServerProcess, client: httpx.Client, method: str
+) -> None:
+    url = create(client, 6)
+    upload_all(client, url, b"abcdef")  # finished, so GET would otherwise succeed
+    before = stored(server, url)
+    headers = {**OCTET, "Upload-Offset": "0"} if method == "PATCH" else {}
+    response = httpx.request(method, url, headers=headers, content=b"zz" if method == "PATCH" else None)
+    assert response.status_code == 412, (method, response.status_code, response.text)
+    assert "1.0.0" in split_list(response.headers["tus-version"])
+    if method != "HEAD":
+        assert_error(response, 412, "ERR_UNSUPPORTED_VERSION")
+    assert client.head(url).status_code == 200
+    assert offset_of(client, url) == 6
+    assert stored(server, url) == before
+
+
+def test_patch_with_unsupported_tus_resumable_is_412_and_stores_nothing(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    url = create(client, 10)
+    response = httpx.patch(
+        url, headers={**OCTET, "Upload-Offset": "0", "Tus-Resumable": "0.2.2"}, content=b"abc"
+    )
+    assert_error(response, 412, "ERR_UNSUPPORTED_VERSION")
+    assert offset_of(client, url) == 0
+
+
+# --- 3: OPTIONS -------------------------------------------------------------------------
+
+
+def test_options_needs_no_tus_resumable_and_answers_200(server: ServerProcess) -> None:
+    response = httpx.options(server.files_url)
+    assert response.status_code == 200
+    assert "1.0.0" in split_list(response.headers["tus-version"])
+
+
+def test_options_ignores_a_wrong_tus_resumable(server: ServerProcess) -> None:
+    response = httpx.options(server.files_url, headers={"Tus-Resumable": "0.0.1"})
+    assert response.status_code == 200
+    assert "1.0.0" in split_list(response.headers["tus-version"])
+
+
+def test_options_carries_tus_resumable(server: ServerProcess) -> None:
+    response = httpx.options(server.files_url)
+    assert response.headers.get("tus-resumable") == "1.0.0"
+
+
+def test_options_advertises_exactly_the_supported_extensions(client: httpx.Client) -> None:
+    response = client.options("/files/")
+    assert set(split_list(response.headers["tus-extension"])) == EXTENSIONS
+
+
+def test_options_advertises_checksum_algorithms(client: httpx.Client) -> None:
+    response = client.options("/files/")
+    assert "sha1" in split_list(response.headers["tus-checksum-algorithm"])
+
+
+def test_options_omits_tus_max_size_without_a_limit(client: httpx.Client) -> None:
+    response = client.options("/files/")
+    assert "tus-max-size" not in response.headers
+
+
+def test_options_advertises_tus_max_size_when_limited(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(extra_args=["--max-size", "1048576"])
+    response = httpx.options(server.files_url)
+    assert response.status_code == 200
+    assert response.headers["tus-max-size"] == "1048576"
+
+
+def test_options_on_an_upload_url_answers_200(client: httpx.Client) -> None:
+    url = create(client, 3)
+    response = client.options(url)
+    assert response.status_code == 200
+    assert "1.0.0" in split_list(response.headers["tus-version"])
+
+
+# --- 4: HEAD ------------------------------------------------------------------------------
+
+
+def test_head_of_a_new_upload_reports_offset_zero_and_length(client: httpx.Client) -> None:
+    url = create(client, 42)
+    response = client.head(url)
+    assert response.status_code == 200
+    assert response.headers["upload-offset"] == "0"
+    assert response.headers["upload-length"] == "42"
+    assert "upload-defer-length" not in response.headers
+
+
+def test_head_of_a_deferred_upload_sends_defer_length_instead_of_length(client: httpx.Client) -> None:
+    url = create(client, defer=True)
+    response = client.head(url)
+    assert response.status_code == 200
+    assert response.headers["upload-offset"] == "0"
+    assert response.headers["upload-defer-length"] == "1"
+    assert "upload-length" not in response.headers
+
+
+def test_head_of_a_complete_upload_still_reports_offset(client: httpx.Client) -> None:
+    url = create(client, 5)
+    upload_all(client, url, b"hello")
+    response = client.head(url)
+    assert response.status_code == 200
+    assert response.headers["upload-offset"] == "5"
+    assert response.headers["upload-length"] == "5"
+
+
+def test_head_echoes_metadata_exactly_as_sent(client: httpx.Client) -> None:
+    meta = "filename d29ybGRfZG9taW5hdGlvbi5wZGY=,is_confidential,filetype YXBwbGljYXRpb24vcGRm"
+    url = create(client, 1, meta=meta)
+    assert client.head(url).headers["upload-metadata"] == meta
+
+
+def test_head_omits_metadata_when_none_was_sent(client: httpx.Client) -> None:
+    url = create(client, 1)
+    assert "upload-metadata" not in client.head(url).headers
+
+
+def test_head_is_not_cacheable(client: httpx.Client) -> None:
+    url = create(client, 1)
+    assert "no-store" in client.head(url).headers["cache-control"]
+
+
+def test_head_of_an_unknown_upload_is_404_without_offset(client: httpx.Client) -> None:
+    response = client.head("/files/AAAAAAAAAAAAAAAAAAAAAA")
+    assert response.status_code == 404
+    assert "upload-offset" not in response.headers
+
+
+def test_head_has_no_body(server: ServerProcess, client: httpx.Client) -> None:
+    from tests.integration._wire import RawConnection, path_of
+
+    url = create(client, 7)
+    with RawConnection(server) as connection:
+        first = connection.request("HEAD", path_of(url))
+        assert first.status == 200
+        # A body after a HEAD response would be read as the start of the next response.
+        second = connection.request("HEAD", path_of(url))
+        assert second.status == 200
+        assert second.headers["upload-offset"] == "0"
+
+
+# --- 5: PATCH ---------------------------------------------------------------------------
+
+
+def test_patch_appends_and_answers_204_with_new_offset(server: ServerProcess, client: httpx.Client) -> None:
+    data = payload(300)
+    url = create(client, 300)
+    first = patch(client, url, 0, data[:100])
+    assert first.status_code == 204
+    assert first.headers["upload-offset"] == "100"
+    second = patch(client, url, 100, data[100:])
+    assert second.status_code == 204
+    assert second.headers["upload-offset"] == "300"
+    assert offset_of(client, url) == 300
+    assert stored(server, url)[:300] == data  # type: ignore[index]
+
+
+def test_patch_response_has_no_body(client: httpx.Client) -> None:
+    url = create(client, 3)
+    response = patch(client, url, 0, b"abc")
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream", "text/plain",
+                                          "application/offset+octet-streamx"])
+def test_patch_with_wrong_content_type_is_415(client: httpx.Client, content_type: str | None) -> None:
+    url = create(client, 10)
+    headers = {"Upload-Offset": "0"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = client.patch(url, headers=headers, content=b"abc")
+    assert_error(response, 415, "ERR_UNSUPPORTED_MEDIA_TYPE")
+    assert offset_of(client, url) == 0
+
+
+def test_patch_without_upload_offset_is_400(client: httpx.Client) -> None:
+    url = create(client, 10)
+    response = client.patch(url, headers=OCTET, content=b"abc")
+    assert_error(response, 400, "ERR_INVALID_OFFSET")
+    assert offset_of(client, url) == 0
+
+
+def test_patch_with_malformed_upload_offset_is_400(client: httpx.Client) -> None:
+    url = create(client, 10)
+    response = patch(client, url, "zero", b"abc")
+    assert_error(response, 400, "ERR_INVALID_OFFSET", "ERR_INVALID_INTEGER")
+    assert offset_of(client, url) == 0
+
+
+def test_patch_at_a_stale_offset_is_409_with_current_offset(server: ServerProcess, client: httpx.Client) -> None:
+    url = create(client, 10)
+    assert patch(client, url, 0, b"abcd").status_code == 204
+    response = patch(client, url, 0, b"XYZW")
+    assert_error(response, 409, "ERR_OFFSET_MISMATCH")
+    assert response.headers["upload-offset"] == "4"
+    assert offset_of(client, url) == 4
+    assert stored(server, url)[:4] == b"abcd"  # type: ignore[index]
+
+
+def test_patch_ahead_of_the_offset_is_409_and_stores_nothing(server: ServerProcess, client: httpx.Client) -> None:
+    url = create(client, 10)
+    before = stored(server, url)
+    response = patch(client, url, 5, b"abc")
+    assert_error(response, 409, "ERR_OFFSET_MISMATCH")
+    assert response.headers["upload-offset"] == "0"
+    assert offset_of(client, url) == 0
+    assert stored(server, url) == before
+
+
+def test_patch_with_empty_body_keeps_offset(client: httpx.Client) -> None:
+    url = create(client, 10)
+    response = patch(client, url, 0, b"")
+    assert response.status_code == 204
+    assert response.headers["upload-offset"] == "0"
+
+
+def test_patch_on_a_finished_upload_is_rejected(client: httpx.Client) -> None:
+    url = create(client, 3)
+    upload_all(client, url, b"abc")
+    response = patch(client, url, 3, b"d")
+    assert_error(response, 403, "ERR_UPLOAD_FINISHED")
+    assert offset_of(client, url) == 3
+
+
+def test_patch_to_an_unknown_upload_is_404(client: httpx.Client) -> None:
+    response = patch(client, "/files/AAAAAAAAAAAAAAAAAAAAAA", 0, b"abc")
+    assert_error(response, 404, "ERR_UPLOAD_NOT_FOUND")
+
+
+# --- 6: the body may not pass Upload-Length --------------------------------------------
+
+
+def test_patch_longer_than_the_remaining_length_is_413_and_stores_nothing(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    url = create(client, 10)
+    assert patch(client, url, 0, b"abcd").status_code == 204
+    before = stored(server, url)
+    response = patch(client, url, 4, b"0123456789")
+    assert_error(response, 413, "ERR_BODY_EXCEEDS_LENGTH")
+    assert offset_of(client, url) == 4
+    assert stored(server, url) == before
+
+
+def test_patch_exactly_to_the_length_completes(client: httpx.Client) -> None:
+    url = create(client, 10)
+    assert patch(client, url, 0, b"abcd").status_code == 204
+    response = patch(client, url, 4, b"efghij")
+    assert response.status_code == 204
+    assert response.headers["upload-offset"] == "10"
+    assert client.get(url).content == b"abcdefghij"
+
+
+# --- 8: integers ----------------------------------------------------------------------------
+
+
+def test_upload_length_of_two_to_the_63_minus_one_is_accepted(client: httpx.Client) -> None:
+    response = post(client, MAX_INT)
+    assert response.status_code == 201, response.text
+    assert client.head(response.headers["location"]).headers["upload-length"] == str(MAX_INT)
+
+
+def test_upload_length_of_two_to_the_63_is_400(server: ServerProcess, client: httpx.Client) -> None:
+    response = post(client, 2**63)
+    assert_error(response, 400, "ERR_INVALID_LENGTH", "ERR_INVALID_INTEGER")
+    assert stored_uploads(server) == set()
+
+
+def test_upload_offset_with_a_sign_is_400(client: httpx.Client) -> None:
+    url = create(client, 10)
+    response = patch(client, url, "+0", b"abc")
+    assert_error(response, 400, "ERR_INVALID_OFFSET", "ERR_INVALID_INTEGER")
+    assert offset_of(client, url) == 0
+
+
+# --- 9: X-HTTP-Method-Override ----------------------------------------------------------
+
+
+def test_method_override_patch_appends(server: ServerProcess, client: httpx.Client) -> None:
+    url = create(client, 6)
+    response = client.post(
+        url,
+        headers={**OCTET, "X-HTTP-Method-Override": "PATCH", "Upload-Offset": "0"},
+        content=b"abc",
+    )
+    assert response.status_code == 204, response.text
+    assert response.headers["upload-offset"] == "3"
+    assert offset_of(client, url) == 3
+    assert stored(server, url)[:3] == b"abc"  # type: ignore[index]
+
+
+def test_method_override_delete_terminates(client: httpx.Client) -> None:
+    url = create(client, 6)
+    response = client.post(url, headers={"X-HTTP-Method-Override": "DELETE"})
+    assert response.status_code == 204, response.text
+    assert client.head(url).status_code == 410
+
+
+def test_method_override_head_reports_the_offset(client: httpx.Client) -> None:
+    url = create(client, 6)
+    assert patch(client, url, 0, b"ab").status_code == 204
+    response = client.post(url, headers={"X-HTTP-Method-Override": "HEAD"})
+    assert response.status_code == 200, response.text
+    assert response.headers["upload-offset"] == "2"
+    assert response.headers["upload-length"] == "6"
+
+
+def test_method_override_patch_is_checked_like_a_patch(client: httpx.Client) -> None:
+    url = create(client, 6)
+    response = client.post(
+        url,
+        headers={**OCTET, "X-HTTP-Method-Override": "PATCH", "Upload-Offset": "2"},
+        content=b"abc",
+    )
+    assert_error(response, 409, "ERR_OFFSET_MISMATCH")
+    assert response.headers["upload-offset"] == "0"
+
+
+# --- 25: error bodies ---------------------------------------------------------------------
+
+
+def test_error_body_is_plain_text_code_and_sentence(client: httpx.Client) -> None:
+    response = client.head("/files/AAAAAAAAAAAAAAAAAAAAAA")
+    assert response.status_code == 404
+    response = patch(client, "/files/AAAAAAAAAAAAAAAAAAAAAA", 0, b"x")
+    assert_error(response, 404, "ERR_UPLOAD_NOT_FOUND")
+    assert response.text.rstrip().endswith(".")
+    assert len(response.content) < 1024
+
+
+def test_error_body_is_json_when_asked(client: httpx.Client) -> None:
+    url = create(client, 10)
+    response = patch(client, url, 7, b"abc", headers={"Accept": "application/json"})
+    assert response.status_code == 409
+    body = json_error(response)
+    assert body["code"] == "ERR_OFFSET_MISMATCH"
+    assert isinstance(body["message"], str) and body["message"]
+
+
+def test_health_and_ready_answer_200(server: ServerProcess) -> None:
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
+    assert httpx.get(f"{server.base_url}/ready").status_code == 200
+
+
+def test_state_survives_a_server_restart(server_factory) -> None:  # type: ignore[no-untyped-def]
+    first = server_factory()
+    meta = metadata(filename="a.txt")
+    with httpx.Client(headers={"Tus-Resumable": "1.0.0"}) as client:
+        response = client.post(first.files_url, headers={"Upload-Length": "8", "Upload-Metadata": meta})
+        assert response.status_code == 201
+        url = response.headers["location"]
+        assert patch(client, url, 0, b"abcd").status_code == 204
+        first.stop()
+        second = server_factory(data_dir=first.data_dir, database_url=first.database_url)
+        moved = url.replace(f":{first.port}/", f":{second.port}/")
+        head = client.head(moved)
+        assert head.status_code == 200
+        assert head.headers["upload-offset"] == "4"
+        assert head.headers["upload-metadata"] == meta
+        upload_all(client, moved, b"abcdefgh", offset=4)
+        assert client.get(moved).content == b"abcdefgh"

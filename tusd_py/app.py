@@ -1,0 +1,127 @@
+"""build_app(settings) -> a Starlette application, mountable under any prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from tusd_storage import FileStore
+
+from . import migrations
+from .cache import StateCache
+from .cors import CORSMiddleware
+from .db import Repository, make_engine
+from .handlers import TusHandlers
+from .locks import LocalLocks
+from .service import UploadService
+from .settings import Settings
+
+log = logging.getLogger("tusd_py")
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
+
+
+class SchemaNotMigrated(RuntimeError):
+    pass
+
+
+async def prepare_database(settings: Settings) -> None:
+    """SQLite (embedded) migrates itself; a shared database is migrated by an operator."""
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(migrations.upgrade, url)
+        return
+    if not await asyncio.to_thread(migrations.is_current, url):
+        raise SchemaNotMigrated(
+            "The database schema is not up to date; run `tusd-py migrate --database-url ...`"
+            " before starting the server."
+        )
+
+
+@dataclass
+class Runtime:
+    engine: AsyncEngine
+    service: UploadService
+
+
+async def sweep_forever(service: UploadService, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await service.sweep_expired()
+        except Exception:
+            log.exception("expiry sweep failed; retrying in %.1f s", interval)
+
+
+def build_service(settings: Settings, engine: AsyncEngine) -> UploadService:
+    store = FileStore(settings.uploads_dir, settings.fsync)
+    return UploadService(
+        store,
+        Repository(engine),
+        settings.limits,
+        StateCache(settings.cache_entries),
+        LocalLocks(settings.lock_acquire_timeout),
+    )
+
+
+def build_app(settings: Settings) -> Starlette:
+    engine = make_engine(settings.resolved_database_url)
+    service = build_service(settings, engine)
+    handlers = TusHandlers(service, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await prepare_database(settings)
+        sweeper = None
+        if settings.limits.expiration is not None:
+            sweeper = asyncio.create_task(sweep_forever(service, settings.sweep_interval))
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            await service.store.close()
+            await engine.dispose()
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def ready(request: Request) -> Response:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            return PlainTextResponse(f"ERR_UNAVAILABLE: database: {exc}\n", status_code=503)
+        return PlainTextResponse("ok\n")
+
+    base = settings.base_path
+    routes = [
+        Route("/health", health, methods=["GET", "HEAD"]),
+        Route("/ready", ready, methods=["GET", "HEAD"]),
+        Route(base, handlers.collection, methods=ALL_METHODS),
+        Route(base + "{upload_id}", handlers.upload, methods=ALL_METHODS),
+        Route(base + "{rest:path}", handlers.not_found, methods=ALL_METHODS),
+    ]
+    if base != "/":
+        routes.append(Route(base.rstrip("/"), handlers.collection, methods=ALL_METHODS))
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(CORSMiddleware, origins=settings.cors_origins)],
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False
+    app.state.runtime = Runtime(engine, service)
+    return app

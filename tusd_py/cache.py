@@ -1,0 +1,40 @@
+"""The hot state of uploads (offset, length, status, expiry), kept beside the database.
+
+Written after every commit; versioned so that an older writer can never replace a newer
+record. This is the in-process cache for a single server process.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from tusd_protocol.state import Upload
+
+
+class StateCache:
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: OrderedDict[str, Upload] = OrderedDict()
+        self._max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, upload_id: str) -> Upload | None:
+        upload = self._entries.get(upload_id)
+        if upload is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(upload_id)
+        self.hits += 1
+        return upload
+
+    def put(self, upload: Upload) -> None:
+        current = self._entries.get(upload.id)
+        if current is not None and current.version > upload.version:
+            return
+        self._entries[upload.id] = upload
+        self._entries.move_to_end(upload.id)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self, upload_id: str) -> None:
+        self._entries.pop(upload_id, None)

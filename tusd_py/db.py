@@ -1,0 +1,248 @@
+"""The state database: tables and the repository that reads and moves upload records.
+
+Every transition is one statement guarded by the expected old status and offset, so a
+request that lost a race changes nothing (its UPDATE matches no row) instead of corrupting
+the record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from tusd_protocol.state import ConcatKind, Upload, UploadStatus, check_transition
+
+metadata_obj = sa.MetaData()
+
+uploads = sa.Table(
+    "uploads",
+    metadata_obj,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("length", sa.BigInteger, nullable=True),
+    sa.Column("metadata_header", sa.Text, nullable=True),
+    sa.Column("metadata_json", sa.Text, nullable=True),
+    sa.Column("concat_kind", sa.String(8), nullable=False),
+    sa.Column("concat_header", sa.Text, nullable=True),
+    sa.Column("storage_key", sa.String(1024), nullable=True),
+    sa.Column("backend_handle", sa.String(1024), nullable=True),
+    sa.Column("part_size", sa.BigInteger, nullable=True),
+    sa.Column("owner", sa.String(256), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("ix_uploads_status_expires_at", "status", "expires_at"),
+    sa.Index("ix_uploads_created_at", "created_at"),
+)
+
+upload_concat = sa.Table(
+    "upload_concat",
+    metadata_obj,
+    sa.Column(
+        "final_id",
+        sa.String(64),
+        sa.ForeignKey("uploads.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("partial_id", sa.String(64), sa.ForeignKey("uploads.id"), nullable=False),
+    sa.Index("ix_upload_concat_partial_id", "partial_id"),
+)
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every datetime in this program is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def make_engine(url: str, **options: Any) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_pre_ping=True, **options)
+
+
+def _row_to_upload(row: sa.Row[Any]) -> Upload:
+    return Upload(
+        id=row.id,
+        status=UploadStatus(row.status),
+        offset=row.offset,
+        length=row.length,
+        metadata_header=row.metadata_header,
+        concat_kind=ConcatKind(row.concat_kind),
+        concat_header=row.concat_header,
+        expires_at=utc(row.expires_at),
+        version=row.version,
+    )
+
+
+def encode_metadata(metadata: dict[str, bytes | None]) -> str:
+    """Parsed metadata as JSON: UTF-8 values as text, others as latin-1 (lossless)."""
+    return json.dumps({k: None if v is None else v.decode("latin-1") for k, v in metadata.items()})
+
+
+def decode_metadata(text: str | None) -> dict[str, bytes | None]:
+    if not text:
+        return {}
+    raw: dict[str, str | None] = json.loads(text)
+    return {k: None if v is None else v.encode("latin-1") for k, v in raw.items()}
+
+
+class Repository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def insert(
+        self,
+        upload: Upload,
+        metadata: dict[str, bytes | None],
+        partial_ids: Sequence[str] = (),
+        now: datetime | None = None,
+    ) -> None:
+        now = now or datetime.now(UTC)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                uploads.insert().values(
+                    id=upload.id,
+                    status=upload.status.value,
+                    offset=upload.offset,
+                    length=upload.length,
+                    metadata_header=upload.metadata_header,
+                    metadata_json=encode_metadata(metadata),
+                    concat_kind=upload.concat_kind.value,
+                    concat_header=upload.concat_header,
+                    created_at=now,
+                    updated_at=now,
+                    expires_at=upload.expires_at,
+                    version=upload.version,
+                )
+            )
+            if partial_ids:
+                await conn.execute(
+                    upload_concat.insert(),
+                    [
+                        {"final_id": upload.id, "position": i, "partial_id": p}
+                        for i, p in enumerate(partial_ids)
+                    ],
+                )
+
+    async def get(self, upload_id: str) -> Upload | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(uploads).where(uploads.c.id == upload_id))).first()
+        return _row_to_upload(row) if row else None
+
+    async def get_many(self, upload_ids: Sequence[str]) -> dict[str, Upload]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(uploads).where(uploads.c.id.in_(set(upload_ids))))
+            return {row.id: _row_to_upload(row) for row in rows}
+
+    async def metadata(self, upload_id: str) -> dict[str, bytes | None]:
+        async with self.engine.connect() as conn:
+            text = await conn.scalar(
+                sa.select(uploads.c.metadata_json).where(uploads.c.id == upload_id)
+            )
+        return decode_metadata(text)
+
+    async def transition(
+        self,
+        old: Upload,
+        *,
+        status: UploadStatus,
+        offset: int | None = None,
+        length: int | None = None,
+        expires_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> Upload | None:
+        """Move `old` to its next state; None when the stored record is no longer `old`."""
+        check_transition(old.status, status)
+        now = now or datetime.now(UTC)
+        new = Upload(
+            id=old.id,
+            status=status,
+            offset=old.offset if offset is None else offset,
+            length=old.length if length is None else length,
+            metadata_header=old.metadata_header,
+            concat_kind=old.concat_kind,
+            concat_header=old.concat_header,
+            expires_at=expires_at,
+            version=old.version + 1,
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                uploads.update()
+                .where(
+                    uploads.c.id == old.id,
+                    uploads.c.status == old.status.value,
+                    uploads.c.offset == old.offset,
+                    uploads.c.version == old.version,
+                )
+                .values(
+                    status=new.status.value,
+                    offset=new.offset,
+                    length=new.length,
+                    expires_at=new.expires_at,
+                    updated_at=now,
+                    version=new.version,
+                )
+            )
+        return new if result.rowcount == 1 else None
+
+    async def delete(self, upload_id: str) -> None:
+        """Forget an upload entirely (only for one whose creation failed)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(upload_concat.delete().where(upload_concat.c.final_id == upload_id))
+            await conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+
+    async def partial_ids(self, final_id: str) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(upload_concat.c.partial_id)
+                .where(upload_concat.c.final_id == final_id)
+                .order_by(upload_concat.c.position)
+            )
+            return [row.partial_id for row in rows]
+
+    async def finals_waiting_on(self, partial_id: str) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(upload_concat.c.final_id)
+                .distinct()
+                .join(uploads, uploads.c.id == upload_concat.c.final_id)
+                .where(
+                    upload_concat.c.partial_id == partial_id,
+                    uploads.c.status == UploadStatus.CONCATENATING.value,
+                )
+            )
+            return [row.final_id for row in rows]
+
+    async def expired(self, now: datetime, limit: int = 500) -> list[Upload]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(uploads)
+                .where(
+                    uploads.c.status.in_(
+                        [UploadStatus.RECEIVING.value, UploadStatus.CONCATENATING.value]
+                    ),
+                    uploads.c.expires_at.is_not(None),
+                    uploads.c.expires_at <= now,
+                )
+                .limit(limit)
+            )
+            return [_row_to_upload(row) for row in rows]

@@ -1,0 +1,100 @@
+"""One holder per upload, with handover (PROTOCOL 23).
+
+A request that finds its upload held asks the holder to let go. A holder that is waiting
+for body bytes is interrupted at once (its task is cancelled with a handover marker, which
+the body pump recognises); a holder that is busy elsewhere notices the request when it next
+looks. Either way it saves what it received, answers its own client, and releases. If it
+does not let go within the acquire timeout, the newcomer answers 423.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from tusd_protocol.errors import UploadLocked
+
+HANDOVER = "tusd-py: lock handover"
+
+
+@dataclass(eq=False)
+class Holding:
+    """The current holder of one upload's lock."""
+
+    upload_id: str
+    task: asyncio.Task[object] | None = field(default_factory=asyncio.current_task)
+    #: set when another request wants the upload
+    stop_requested: bool = False
+    #: True only while the holder awaits body bytes; then cancelling it loses nothing
+    receiving: bool = False
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        if self.receiving and self.task is not None and not self.task.done():
+            self.task.cancel(HANDOVER)
+
+    def is_handover(self, exc: asyncio.CancelledError) -> bool:
+        """Was this cancellation our handover (and not a shutdown)? Un-cancels if so."""
+        if not self.stop_requested or self.task is None:
+            return False
+        if HANDOVER not in exc.args:
+            return False
+        self.task.uncancel()
+        return True
+
+
+class _Entry:
+    __slots__ = ("holder", "lock", "waiters")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.holder: Holding | None = None
+        self.waiters = 0
+
+
+class LocalLocks:
+    """Locks for one process."""
+
+    def __init__(self, acquire_timeout: float = 20.0) -> None:
+        self.acquire_timeout = acquire_timeout
+        self._entries: dict[str, _Entry] = {}
+
+    def is_held(self, upload_id: str) -> bool:
+        entry = self._entries.get(upload_id)
+        return entry is not None and entry.lock.locked()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str, *, wait: bool = True) -> AsyncIterator[Holding]:
+        entry = self._entries.get(upload_id)
+        if entry is None:
+            entry = self._entries[upload_id] = _Entry()
+        entry.waiters += 1
+        try:
+            if entry.lock.locked():
+                if not wait:
+                    raise UploadLocked(headers={"Retry-After": "1"})
+                if entry.holder is not None:
+                    entry.holder.request_stop()
+                try:
+                    async with asyncio.timeout(self.acquire_timeout):
+                        await entry.lock.acquire()
+                except TimeoutError:
+                    raise UploadLocked(
+                        "Another request holds this upload and did not let go; retry shortly.",
+                        headers={"Retry-After": "2"},
+                    ) from None
+            else:
+                await entry.lock.acquire()
+        finally:
+            entry.waiters -= 1
+        holding = Holding(upload_id)
+        entry.holder = holding
+        try:
+            yield holding
+        finally:
+            entry.holder = None
+            entry.lock.release()
+            if entry.waiters == 0 and not entry.lock.locked():
+                self._entries.pop(upload_id, None)

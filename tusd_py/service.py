@@ -1,0 +1,279 @@
+"""UploadService: the heart. Every request that touches an upload runs here.
+
+lock -> load state -> decide (tusd_protocol) -> stream the body into the store while
+hashing -> verify -> commit state (one guarded transition) -> write cache -> release.
+Handlers parse and format; the protocol decides; this module carries decisions out.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from starlette.types import Receive
+from tusd_protocol import decisions as rules
+from tusd_protocol.checksums import new_hasher
+from tusd_protocol.decisions import AppendOutcome, AppendPlan, ByteRange, Headers, Limits
+from tusd_protocol.errors import PartialNotFound, ProtocolError, ServerFault, UploadNotFound
+from tusd_protocol.state import ConcatKind, Upload, UploadStatus
+from tusd_storage import Store
+
+from .body import pump_body
+from .cache import StateCache
+from .db import Repository
+from .locks import Holding, LocalLocks
+
+log = logging.getLogger("tusd_py.service")
+
+
+def new_upload_id() -> str:
+    """128 random bits, URL-safe: unguessable, and safe as a file or object name."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True)
+class Download:
+    upload: Upload
+    metadata: dict[str, bytes | None]
+    byte_range: ByteRange | None
+    body: Callable[[int, int], AsyncIterator[bytes]]
+
+
+class UploadService:
+    def __init__(
+        self,
+        store: Store,
+        repository: Repository,
+        limits: Limits,
+        cache: StateCache | None = None,
+        locks: LocalLocks | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.repository = repository
+        self.limits = limits
+        self.cache = cache or StateCache()
+        self.locks = locks or LocalLocks()
+        self.clock = clock
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def load(self, upload_id: str) -> Upload:
+        if not rules.is_valid_upload_id(upload_id):
+            raise UploadNotFound()
+        upload = self.cache.get(upload_id)
+        if upload is None:
+            upload = await self.repository.get(upload_id)
+            if upload is None:
+                raise UploadNotFound()
+            self.cache.put(upload)
+        return upload
+
+    async def head(self, upload_id: str) -> Upload:
+        """The state a resuming client must continue from.
+
+        When a request holds the upload, ask it to let go first, so the offset we report
+        includes what it received (PROTOCOL 23).
+        """
+        if not rules.is_valid_upload_id(upload_id):
+            raise UploadNotFound()
+        if self.locks.is_held(upload_id):
+            async with self.locks.hold(upload_id):
+                return await self.load(upload_id)
+        return await self.load(upload_id)
+
+    async def download(self, upload_id: str, range_header: str | None) -> Download:
+        upload = await self.load(upload_id)
+        rules.check_downloadable(upload, self.clock())
+        assert upload.length is not None
+        metadata = await self.repository.metadata(upload_id)
+        byte_range = rules.parse_range(range_header, upload.length)
+        return Download(
+            upload,
+            metadata,
+            byte_range,
+            lambda start, end: self.store.read(upload_id, start, end),
+        )
+
+    # --- creating ----------------------------------------------------------------------
+
+    async def create(
+        self,
+        headers: Headers,
+        receive: Receive,
+        base_path: str,
+        own_hosts: frozenset[str],
+    ) -> Upload:
+        plan = rules.decide_creation(headers, self.limits)
+        now = self.clock()
+        partials: list[Upload] = []
+        partial_ids: list[str] = []
+        length = plan.length
+        if plan.concat_kind is ConcatKind.FINAL:
+            partial_ids = [
+                rules.partial_id_from_url(url, base_path, own_hosts) for url in plan.partial_urls
+            ]
+            found = await self.repository.get_many(partial_ids)
+            missing = [p for p in partial_ids if p not in found]
+            if missing:
+                raise PartialNotFound(f"Partial upload {missing[0]} does not exist.")
+            partials = [found[p] for p in partial_ids]
+            length = rules.decide_final_length(partials, self.limits, now)
+        status = rules.initial_status(plan)
+        upload = Upload(
+            id=new_upload_id(),
+            status=status,
+            offset=0,
+            length=length,
+            metadata_header=plan.metadata_header,
+            concat_kind=plan.concat_kind,
+            concat_header=plan.concat_header,
+            expires_at=rules.next_expiry(self.limits, now, status),
+        )
+        await self.store.create(upload.id, length)
+        try:
+            await self.repository.insert(upload, plan.metadata, partial_ids, now)
+        except BaseException:
+            await self.store.delete(upload.id)
+            raise
+        if status is UploadStatus.FINISHED:
+            await self.store.finish(upload.id, 0)
+        self.cache.put(upload)
+
+        if plan.concat_kind is ConcatKind.FINAL and rules.final_ready(partials):
+            async with self.locks.hold(upload.id):
+                upload = await self._assemble_if_ready(upload)
+        if plan.initial_append is not None:
+            async with self.locks.hold(upload.id) as holding:
+                try:
+                    upload = await self._receive(upload, plan.initial_append, receive, holding)
+                except ProtocolError:
+                    # bad input changes nothing: the upload it would have created goes too
+                    await self._discard(upload)
+                    raise
+        return upload
+
+    async def _discard(self, upload: Upload) -> None:
+        self.cache.forget(upload.id)
+        await self.repository.delete(upload.id)
+        await self.store.delete(upload.id)
+
+    # --- appending ---------------------------------------------------------------------
+
+    async def append(self, upload_id: str, headers: Headers, receive: Receive) -> Upload:
+        if not rules.is_valid_upload_id(upload_id):
+            raise UploadNotFound()
+        async with self.locks.hold(upload_id) as holding:
+            upload = await self.load(upload_id)
+            plan = rules.decide_append(upload, headers, self.limits, self.clock())
+            return await self._receive(upload, plan, receive, holding)
+
+    async def _receive(
+        self, upload: Upload, plan: AppendPlan, receive: Receive, holding: Holding
+    ) -> Upload:
+        appender = self.store.appender(upload.id, plan.offset)
+        hasher = new_hasher(plan.checksum.algorithm) if plan.checksum else None
+        try:
+            body = await pump_body(receive, appender, plan.max_bytes, hasher, holding)
+            if body.overrun:
+                await appender.abort()
+                raise rules.body_overrun(plan, upload.length, self.limits)
+            stored = await appender.close()
+        except BaseException:
+            await appender.abort()
+            raise
+        outcome = rules.conclude_append(
+            upload, plan, stored, body.complete, hasher.digest() if hasher else None
+        )
+        return await self._commit_append(upload, outcome)
+
+    async def _commit_append(self, upload: Upload, outcome: AppendOutcome) -> Upload:
+        now = self.clock()
+        if outcome.new_status is UploadStatus.FINISHED:
+            assert outcome.new_length is not None
+            await self.store.finish(upload.id, outcome.new_length)
+        new = await self.repository.transition(
+            upload,
+            status=outcome.new_status,
+            offset=outcome.new_offset,
+            length=outcome.new_length,
+            expires_at=rules.next_expiry(self.limits, now, outcome.new_status),
+            now=now,
+        )
+        if new is None:
+            self.cache.forget(upload.id)
+            raise ServerFault("The upload changed under this request; nothing was acknowledged.")
+        self.cache.put(new)
+        if new.status is UploadStatus.FINISHED and new.is_partial:
+            await self._complete_waiting_finals(new.id)
+        return new
+
+    # --- concatenation -----------------------------------------------------------------
+
+    async def _complete_waiting_finals(self, partial_id: str) -> None:
+        """PROTOCOL 20: a final created before its partials finished completes with them."""
+        for final_id in await self.repository.finals_waiting_on(partial_id):
+            async with self.locks.hold(final_id):
+                final = await self.repository.get(final_id)
+                if final is not None and final.status is UploadStatus.CONCATENATING:
+                    await self._assemble_if_ready(final)
+
+    async def _assemble_if_ready(self, final: Upload) -> Upload:
+        ids = await self.repository.partial_ids(final.id)
+        found = await self.repository.get_many(ids)
+        partials = [found[i] for i in ids if i in found]
+        if len(partials) != len(ids) or not rules.final_ready(partials):
+            return final
+        sources = [(p.id, p.length or 0) for p in partials]
+        length = sum(size for _, size in sources)
+        await self.store.concatenate(final.id, sources)
+        await self.store.finish(final.id, length)
+        new = await self.repository.transition(
+            final, status=UploadStatus.FINISHED, offset=length, length=length, now=self.clock()
+        )
+        if new is None:
+            self.cache.forget(final.id)
+            raise ServerFault("The final upload changed while it was being assembled.")
+        self.cache.put(new)
+        return new
+
+    # --- ending ------------------------------------------------------------------------
+
+    async def terminate(self, upload_id: str) -> None:
+        if not rules.is_valid_upload_id(upload_id):
+            raise UploadNotFound()
+        async with self.locks.hold(upload_id):
+            upload = await self.load(upload_id)
+            rules.check_available(upload, self.clock())
+            new = await self.repository.transition(upload, status=UploadStatus.TERMINATED)
+            if new is None:
+                self.cache.forget(upload_id)
+                raise ServerFault("The upload changed while it was being terminated.")
+            self.cache.put(new)
+            await self.store.delete(upload_id)
+
+    async def sweep_expired(self) -> int:
+        """Reclaim uploads whose deadline passed; returns how many were reclaimed."""
+        now = self.clock()
+        reclaimed = 0
+        for candidate in await self.repository.expired(now):
+            if self.locks.is_held(candidate.id):
+                continue  # in use: activity will move its deadline
+            async with self.locks.hold(candidate.id, wait=False):
+                current = await self.repository.get(candidate.id)
+                if current is None or not rules.is_expired(current, now):
+                    continue
+                new = await self.repository.transition(
+                    current, status=UploadStatus.EXPIRED, expires_at=current.expires_at
+                )
+                if new is None:
+                    continue
+                self.cache.put(new)
+                await self.store.delete(current.id)
+                reclaimed += 1
+        if reclaimed:
+            log.info("reclaimed %d expired uploads", reclaimed)
+        return reclaimed

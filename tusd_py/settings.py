@@ -1,0 +1,82 @@
+"""Settings: everything the server is told at start, in one immutable object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from tusd_protocol.decisions import Limits
+from tusd_storage import FsyncPolicy
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 1080
+    base_path: str = "/files/"
+    data_dir: Path = Path("./tusd-data")
+    #: SQLAlchemy URL; None = SQLite at <data_dir>/tusd.db
+    database_url: str | None = None
+    #: bytes; 0 = no limit
+    max_size: int = 0
+    #: seconds an idle unfinished upload lives; 0 = forever
+    expiration: float = 86400
+    cors_origins: tuple[str, ...] = ("*",)
+    behind_proxy: bool = False
+    log_level: str = "info"
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    #: how long a request waits for an upload another request holds before answering 423
+    lock_acquire_timeout: float = 20.0
+    #: how long a holder gets to let go after being asked
+    lock_handover_timeout: float = 3.0
+    #: uploads whose state the in-process cache keeps
+    cache_entries: int = 100_000
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        base = "/" + self.base_path.strip("/") + "/"
+        object.__setattr__(self, "base_path", "/" if base == "//" else base)
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_size=self.max_size or None,
+            expiration=timedelta(seconds=self.expiration) if self.expiration > 0 else None,
+        )
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return normalize_database_url(
+            self.database_url or f"sqlite:///{(self.data_dir / 'tusd.db').resolve()}"
+        )
+
+    @property
+    def sweep_interval(self) -> float:
+        """Expired uploads are reclaimed within a quarter of their lifetime (0.5 s .. 60 s)."""
+        if self.expiration <= 0:
+            return 60.0
+        return min(60.0, max(0.5, self.expiration / 4))
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept plain postgresql:// and sqlite:// URLs; use the async drivers we ship."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+psycopg://"),
+        ("postgres://", "postgresql+psycopg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def sync_database_url(url: str) -> str:
+    """The same database through a synchronous driver (Alembic runs synchronously)."""
+    url = normalize_database_url(url)
+    return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
