@@ -160,9 +160,12 @@ def serve(settings: Settings) -> int:
     except SchemaNotMigrated as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
         return 2
+    from .fasthttp import protocol_class
+
     app = build_app(settings)
     uvicorn.run(
         app,
+        http=protocol_class(),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -125,7 +125,7 @@ def path_of(url: str) -> str:
 
 def error_code(response: httpx.Response | RawResponse) -> str:
     """The stable code of an error body (text/plain `ERR_X: Sentence.`)."""
-    text = response.text if isinstance(response, httpx.Response) else response.text
+    text = response.text
     match = re.match(r"^(ERR_[A-Z0-9_]+): \S", text)
     assert match, f"error body is not 'ERR_CODE: Sentence.': {text!r}"
     return match.group(1)
@@ -133,7 +133,7 @@ def error_code(response: httpx.Response | RawResponse) -> str:
 
 def assert_error(response: httpx.Response | RawResponse, status: int, *codes: str) -> None:
     """The response is `status` with one of `codes` in a text/plain error body."""
-    got_status = response.status_code if isinstance(response, httpx.Response) else response.status
+    got_status = response.status_code
     text = response.text
     assert got_status == status, f"expected {status} {codes}, got {got_status}: {text!r}"
     content_type = response.headers.get("content-type", "")
@@ -143,7 +143,7 @@ def assert_error(response: httpx.Response | RawResponse, status: int, *codes: st
 
 
 def assert_client_error(response: httpx.Response | RawResponse) -> None:
-    status = response.status_code if isinstance(response, httpx.Response) else response.status
+    status = response.status_code
     assert 400 <= status < 500, f"expected a 4xx, got {status}: {response.text!r}"
 
 
@@ -264,13 +264,16 @@ class RawConnection:
         self,
         method: str,
         path: str,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        headers: Mapping[str, str] | Iterable[tuple[str, str | bytes]] = (),
         *,
         tus: bool = True,
     ) -> None:
         """Request line and headers (bytes values are sent as they are, str as latin-1)."""
         items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
-        lines = [f"{method} {path} HTTP/1.1".encode(), f"Host: 127.0.0.1:{self.server.port}".encode()]
+        lines = [
+            f"{method} {path} HTTP/1.1".encode(),
+            f"Host: 127.0.0.1:{self.server.port}".encode(),
+        ]
         if tus:
             lines.append(b"Tus-Resumable: 1.0.0")
         for name, value in items:
@@ -282,13 +285,17 @@ class RawConnection:
         self,
         method: str,
         path: str,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        headers: Mapping[str, str] | Iterable[tuple[str, str | bytes]] = (),
         body: bytes = b"",
         *,
         tus: bool = True,
     ) -> RawResponse:
-        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
-        if body and not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in items):
+        items: list[tuple[str, str | bytes]] = (
+            list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+        )
+        if body and not any(
+            name.lower() in ("content-length", "transfer-encoding") for name, _ in items
+        ):
             items.append(("Content-Length", str(len(body))))
         self.send_head(method, path, items, tus=tus)
         if body:
@@ -375,7 +382,7 @@ def raw_request(
     server: ServerProcess,
     method: str,
     path: str,
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    headers: Mapping[str, str] | Iterable[tuple[str, str | bytes]] = (),
     body: bytes = b"",
     *,
     tus: bool = True,

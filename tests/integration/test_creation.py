@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from tests.conftest import ServerProcess
 from tests.integration._wire import (
@@ -28,7 +27,9 @@ from tests.integration._wire import (
 # --- 10: creation -------------------------------------------------------------------------
 
 
-def test_post_with_length_answers_201_with_absolute_location(server: ServerProcess, client: httpx.Client) -> None:
+def test_post_with_length_answers_201_with_absolute_location(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     response = post(client, 100)
     assert response.status_code == 201, response.text
     location = response.headers["location"]
@@ -47,13 +48,17 @@ def test_every_upload_gets_a_new_id(client: httpx.Client) -> None:
     assert len(ids) == 20
 
 
-def test_post_with_length_and_defer_length_is_400(server: ServerProcess, client: httpx.Client) -> None:
+def test_post_with_length_and_defer_length_is_400(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     response = post(client, 10, defer=True)
     assert_error(response, 400, "ERR_LENGTH_CONFLICT")
     assert stored_uploads(server) == set()
 
 
-def test_post_without_length_or_defer_length_is_400(server: ServerProcess, client: httpx.Client) -> None:
+def test_post_without_length_or_defer_length_is_400(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     response = post(client)
     assert_error(response, 400, "ERR_LENGTH_REQUIRED")
     assert stored_uploads(server) == set()
@@ -119,7 +124,9 @@ def test_location_uses_the_configured_base_path(server_factory) -> None:  # type
         assert client.get(location).content == b"abc"
 
 
-def test_location_is_built_from_the_host_header(server: ServerProcess, client: httpx.Client) -> None:
+def test_location_is_built_from_the_host_header(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     response = post(client, 3, headers={"Host": "uploads.example.test:8080"})
     assert response.status_code == 201
     assert response.headers["location"].startswith("http://uploads.example.test:8080/files/")
@@ -149,7 +156,9 @@ def test_metadata_of_ten_kib_is_accepted(client: httpx.Client) -> None:
 # --- 12: creation-with-upload --------------------------------------------------------------
 
 
-def test_post_with_body_stores_it_and_reports_offset(server: ServerProcess, client: httpx.Client) -> None:
+def test_post_with_body_stores_it_and_reports_offset(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     data = payload(500)
     response = post(client, 1000, body=data)
     assert response.status_code == 201, response.text
@@ -184,13 +193,15 @@ def test_post_with_body_and_deferred_length(client: httpx.Client) -> None:
     assert head.headers["upload-defer-length"] == "1"
 
 
-@pytest.mark.parametrize("content_type", ["application/octet-stream", "text/plain"])
 def test_post_with_body_and_wrong_content_type_is_415(
-    server: ServerProcess, client: httpx.Client, content_type: str
+    server: ServerProcess, client: httpx.Client
 ) -> None:
-    response = client.post("/files/", headers={"Upload-Length": "10", "Content-Type": content_type},
-                           content=b"abc")
-    assert_error(response, 415, "ERR_UNSUPPORTED_MEDIA_TYPE")
+    for content_type in ("application/octet-stream", "text/plain"):
+        response = client.post(
+            "/files/", headers={"Upload-Length": "10", "Content-Type": content_type}, content=b"abc"
+        )
+        assert response.status_code == 415, (content_type, response.status_code, response.text)
+        assert_error(response, 415, "ERR_UNSUPPORTED_MEDIA_TYPE")
     assert stored_uploads(server) == set()
 
 
@@ -205,9 +216,16 @@ def test_post_with_body_longer_than_length_is_413_and_creates_nothing(
 def test_post_with_expect_100_continue_gets_continue_then_201(server: ServerProcess) -> None:
     data = payload(2000)
     with RawConnection(server) as connection:
-        connection.send_head("POST", "/files/", {
-            "Upload-Length": "2000", **OCTET, "Content-Length": "2000", "Expect": "100-continue",
-        })
+        connection.send_head(
+            "POST",
+            "/files/",
+            {
+                "Upload-Length": "2000",
+                **OCTET,
+                "Content-Length": "2000",
+                "Expect": "100-continue",
+            },
+        )
         interim = connection.read_response(timeout=5)
         assert interim.status == 100, (interim.status, interim.text)
         connection.send(data)
@@ -223,9 +241,16 @@ def test_patch_with_expect_100_continue_gets_continue_then_204(
 ) -> None:
     url = create(client, 100)
     with RawConnection(server) as connection:
-        connection.send_head("PATCH", path_of(url), {
-            **OCTET, "Upload-Offset": "0", "Content-Length": "100", "Expect": "100-continue",
-        })
+        connection.send_head(
+            "PATCH",
+            path_of(url),
+            {
+                **OCTET,
+                "Upload-Offset": "0",
+                "Content-Length": "100",
+                "Expect": "100-continue",
+            },
+        )
         interim = connection.read_response(timeout=5)
         assert interim.status == 100, (interim.status, interim.text)
         connection.send(payload(100))
@@ -238,10 +263,11 @@ def test_patch_with_expect_100_continue_gets_continue_then_204(
 # --- 13: creation-defer-length --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["0", "2", "true", "01"])
-def test_defer_length_other_than_1_is_400(server: ServerProcess, client: httpx.Client, value: str) -> None:
-    response = client.post("/files/", headers={"Upload-Defer-Length": value})
-    assert_error(response, 400, "ERR_INVALID_DEFER_LENGTH")
+def test_defer_length_other_than_1_is_400(server: ServerProcess, client: httpx.Client) -> None:
+    for value in ("0", "2", "true", "01", "1.0", "-1"):
+        response = client.post("/files/", headers={"Upload-Defer-Length": value})
+        assert response.status_code == 400, (value, response.status_code, response.text)
+        assert_error(response, 400, "ERR_INVALID_DEFER_LENGTH")
     assert stored_uploads(server) == set()
 
 
@@ -306,7 +332,9 @@ def test_declared_length_smaller_than_received_bytes_is_400(client: httpx.Client
     assert head.headers["upload-defer-length"] == "1"
 
 
-def test_declared_length_smaller_than_offset_plus_body_is_413(server: ServerProcess, client: httpx.Client) -> None:
+def test_declared_length_smaller_than_offset_plus_body_is_413(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     url = create(client, defer=True)
     assert patch(client, url, 0, b"abc").status_code == 204
     before = stored(server, url)

@@ -116,17 +116,17 @@ def test_expired_upload_answers_410_to_head(short_server: ServerProcess) -> None
         assert "upload-offset" not in response.headers
 
 
-@pytest.mark.parametrize("method", ["PATCH", "GET", "DELETE"])
-def test_expired_upload_answers_410(short_server: ServerProcess, method: str) -> None:
+def test_expired_upload_answers_410(short_server: ServerProcess) -> None:
     with tus_client(short_server) as client:
         url = create(client, 10)
         assert patch(client, url, 0, b"abc").status_code == 204
         time.sleep(3)
-        if method == "PATCH":
-            response = patch(client, url, 3, b"def")
-        else:
-            response = client.request(method, url)
-        assert_error(response, 410, "ERR_UPLOAD_GONE")
+        for method in ("PATCH", "GET", "DELETE"):
+            response = (
+                patch(client, url, 3, b"def") if method == "PATCH" else client.request(method, url)
+            )
+            assert response.status_code == 410, (method, response.status_code, response.text)
+            assert_error(response, 410, "ERR_UPLOAD_GONE")
 
 
 def test_sweeper_removes_the_bytes_file_of_an_expired_upload(short_server: ServerProcess) -> None:
@@ -151,9 +151,8 @@ def test_finished_upload_does_not_expire(short_server: ServerProcess) -> None:
         assert bytes_file(short_server, url).exists()
 
 
-def run_gc(server: ServerProcess, expiration: str) -> subprocess.CompletedProcess[bytes]:
-    cmd = [sys.executable, "-m", "tusd_py", "gc", "--data-dir", str(server.data_dir),
-           "--expiration", expiration]
+def run_gc(server: ServerProcess, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    cmd = [sys.executable, "-m", "tusd_py", "gc", "--data-dir", str(server.data_dir), *extra]
     if server.database_url:
         cmd += ["--database-url", server.database_url]
     return subprocess.run(cmd, capture_output=True, timeout=60)
@@ -169,11 +168,12 @@ def test_gc_command_reclaims_an_expired_upload(server_factory) -> None:  # type:
     path = bytes_file(server, url)
     assert path.exists()
     time.sleep(2.5)
-    result = run_gc(server, "2")
+    result = run_gc(server)
     assert result.returncode == 0, result.stderr.decode()
     assert not path.exists()
-    again = server_factory(extra_args=["--expiration", "2"], data_dir=server.data_dir,
-                           database_url=server.database_url)
+    again = server_factory(
+        extra_args=["--expiration", "2"], data_dir=server.data_dir, database_url=server.database_url
+    )
     with tus_client(again) as client:
         moved = url.replace(f":{server.port}/", f":{again.port}/")
         assert client.head(moved).status_code == 410
@@ -187,14 +187,29 @@ def test_gc_command_keeps_uploads_that_have_not_expired(server_factory) -> None:
         finished = create(client, 3)
         upload_all(client, finished, b"xyz")
     server.stop()
-    result = run_gc(server, "3600")
+    result = run_gc(server)
     assert result.returncode == 0, result.stderr.decode()
     assert bytes_file(server, url).exists()
     assert bytes_file(server, finished).exists()
-    again = server_factory(extra_args=["--expiration", "3600"], data_dir=server.data_dir,
-                           database_url=server.database_url)
+    again = server_factory(
+        extra_args=["--expiration", "3600"],
+        data_dir=server.data_dir,
+        database_url=server.database_url,
+    )
     with tus_client(again) as client:
         moved = url.replace(f":{server.port}/", f":{again.port}/")
         assert client.head(moved).headers["upload-offset"] == "5"
         upload_all(client, moved, b"abcdefghij", offset=5)
         assert client.get(moved).content == b"abcdefghij"
+
+
+def test_gc_command_accepts_the_expiration_option(server_factory) -> None:  # type: ignore[no-untyped-def]
+    # wire contract: `tusd-py gc --data-dir D [--database-url URL] [--expiration N]`
+    server = server_factory(extra_args=["--expiration", "3600"])
+    with tus_client(server) as client:
+        url = create(client, 10)
+        assert patch(client, url, 0, b"abc").status_code == 204
+    server.stop()
+    result = run_gc(server, "--expiration", "3600")
+    assert result.returncode == 0, result.stderr.decode()
+    assert bytes_file(server, url).exists()

@@ -17,7 +17,7 @@ bytes file <data-dir>/uploads/<id> starts with the source's first `offset` bytes
 holds bytes past the length; a finished upload's GET is exactly its source; a deleted upload
 answers 410 and its bytes file is gone.
 
-Knobs: TUSD_STATEFUL_EXAMPLES (default 40), TUSD_STATEFUL_STEPS (default 20).
+Knobs: TUSD_STATEFUL_EXAMPLES (default 50), TUSD_STATEFUL_STEPS (default 25).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -64,8 +65,8 @@ LOCK_PATIENCE = 5.0  # seconds a request may keep answering 423 before that is a
 ASSEMBLY_PATIENCE = 3.0  # seconds a final upload may take to show its offset once complete
 SETTLE = 0.1  # seconds the offset must stay still after a cut connection
 
-EXAMPLES = int(os.environ.get("TUSD_STATEFUL_EXAMPLES", "40"))
-STEPS = int(os.environ.get("TUSD_STATEFUL_STEPS", "20"))
+EXAMPLES = int(os.environ.get("TUSD_STATEFUL_EXAMPLES", "50"))
+STEPS = int(os.environ.get("TUSD_STATEFUL_STEPS", "25"))
 
 ALGORITHMS = ("sha1", "crc32", "md5", "sha256", "sha512", "xxh64", "xxh3", "xxh128")
 
@@ -301,9 +302,19 @@ class TusMachine(RuleBasedStateMachine):
 
     # --- rules: creation ----------------------------------------------------------------
 
+    @initialize(data=st.data())
+    def start(self, data: st.DataObject) -> None:
+        """Every example starts with a few uploads, so the steps go to more than creation."""
+        for _ in range(data.draw(st.integers(1, 3), label="initial uploads")):
+            self._create(data)
+
     @precondition(lambda self: len(self.uploads) < MAX_LIVE)
     @rule(data=st.data())
     def create(self, data: st.DataObject) -> None:
+        STATS["rule create"] += 1
+        self._create(data)
+
+    def _create(self, data: st.DataObject) -> None:
         kind = data.draw(st.sampled_from(["plain", "plain", "partial"]), label="kind")
         length = data.draw(LENGTHS, label="length")
         source = source_bytes(data.draw(SEEDS, label="seed"), length)
@@ -358,6 +369,7 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.uploads) < MAX_LIVE and self._partials())
     @rule(data=st.data())
     def create_final(self, data: st.DataObject) -> None:
+        STATS["rule create_final"] += 1
         labels = data.draw(
             st.lists(st.sampled_from([u.label for u in self._partials()]), min_size=1, max_size=4),
             label="parts",
@@ -400,10 +412,28 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._patchable())
     @rule(data=st.data())
     def patch_chunk(self, data: st.DataObject) -> None:
+        STATS["rule patch_chunk"] += 1
         upload = self.pick(data, self._patchable(), "upload")
         size = data.draw(chunk_sizes(upload.length - upload.offset), label="size")
         declare = not upload.length_known and data.draw(st.booleans(), label="declare length")
         algorithm = data.draw(st.none() | st.sampled_from(ALGORITHMS), label="checksum")
+        self._patch(upload, size, declare, algorithm)
+
+    @precondition(lambda self: self._patchable())
+    @rule(data=st.data())
+    def finish_upload(self, data: st.DataObject) -> None:
+        """PATCH the rest in one to three chunks (declaring a deferred length on the last)."""
+        STATS["rule finish_upload"] += 1
+        upload = self.pick(data, self._patchable(), "upload")
+        pieces = data.draw(st.integers(1, 3), label="chunks")
+        algorithm = data.draw(st.none() | st.sampled_from(ALGORITHMS), label="checksum")
+        for piece in range(pieces, 0, -1):
+            rest = upload.length - upload.offset
+            size = rest if piece == 1 else rest // piece
+            self._patch(upload, size, not upload.length_known and piece == 1, algorithm)
+        assert upload.finished
+
+    def _patch(self, upload: Upload, size: int, declare: bool, algorithm: str | None) -> None:
         body = upload.source[upload.offset : upload.offset + size]
         headers = self.patch_headers(upload)
         if declare:
@@ -425,6 +455,7 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._patchable(min_rest=1))
     @rule(data=st.data())
     def patch_bad_checksum(self, data: st.DataObject) -> None:
+        STATS["rule patch_bad_checksum"] += 1
         upload = self.pick(data, self._patchable(min_rest=1), "upload")
         size = data.draw(chunk_sizes(upload.length - upload.offset, minimum=1), label="size")
         algorithm = data.draw(st.sampled_from(ALGORITHMS), label="checksum")
@@ -448,6 +479,7 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._patchable())
     @rule(data=st.data())
     def patch_wrong_offset(self, data: st.DataObject) -> None:
+        STATS["rule patch_wrong_offset"] += 1
         upload = self.pick(data, self._patchable(), "upload")
         top = upload.length if upload.length_known else upload.length + 16
         wrong = data.draw(
@@ -478,6 +510,7 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._too_large_targets())
     @rule(data=st.data())
     def patch_past_length(self, data: st.DataObject) -> None:
+        STATS["rule patch_past_length"] += 1
         upload = self.pick(data, self._too_large_targets(), "upload")
         extra = data.draw(st.integers(1, 2048), label="bytes past the length")
         size = upload.length - upload.offset + extra
@@ -492,6 +525,7 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(u.kind == "final" for u in self.uploads.values()))
     @rule(data=st.data())
     def patch_final(self, data: st.DataObject) -> None:
+        STATS["rule patch_final"] += 1
         finals = [u for u in self.uploads.values() if u.kind == "final"]
         upload = self.pick(data, finals, "final upload")
         what = f"PATCH final {upload!r}"
@@ -541,6 +575,7 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._patchable(min_rest=1))
     @rule(data=st.data())
     def patch_cut(self, data: st.DataObject) -> None:
+        STATS["rule patch_cut"] += 1
         upload = self.pick(data, self._patchable(min_rest=1), "upload")
         rest = upload.length - upload.offset
         declared = data.draw(chunk_sizes(rest, minimum=1), label="Content-Length")
@@ -571,6 +606,7 @@ class TusMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def patch_stalled_then_head(self, data: st.DataObject) -> None:
         """A PATCH stops sending mid-body but keeps the connection; a HEAD takes it over."""
+        STATS["rule patch_stalled_then_head"] += 1
         upload = self.pick(data, self._patchable(min_rest=1), "upload")
         rest = upload.length - upload.offset
         declared = data.draw(chunk_sizes(rest, minimum=1), label="Content-Length")
@@ -611,6 +647,7 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.uploads)
     @rule(data=st.data())
     def get(self, data: st.DataObject) -> None:
+        STATS["rule get"] += 1
         upload = self.pick(data, list(self.uploads.values()), "upload")
         what = f"GET {upload!r}"
         if not upload.finished:
@@ -646,6 +683,7 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._deletable())
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:
+        STATS["rule delete"] += 1
         upload = self.pick(data, self._deletable(), "upload")
         what = f"DELETE {upload!r}"
         response = self.request("DELETE", upload.path, what=what)
@@ -656,6 +694,7 @@ class TusMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.deleted)
     @rule(data=st.data())
     def use_deleted(self, data: st.DataObject) -> None:
+        STATS["rule use_deleted"] += 1
         chosen = data.draw(st.sampled_from(sorted(self.deleted)), label="deleted upload")
         upload = self.deleted[chosen]
         method = data.draw(st.sampled_from(["HEAD", "PATCH", "GET", "DELETE"]), label="method")

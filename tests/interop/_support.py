@@ -102,10 +102,25 @@ def assert_download_matches(url: str, size: int, sha256: str) -> httpx.Headers:
     return headers
 
 
-def restart(server: ServerProcess) -> None:
-    """Starts `server` again after kill(): same port, data dir and database."""
+def restart(server: ServerProcess, timeout: float = 60.0) -> None:
+    """Starts `server` again after kill(): same port, data dir and database (already migrated,
+    so unlike ServerProcess.start() no `migrate` runs first: the crashed server comes back as
+    it is)."""
     assert server.process is not None and server.process.poll() is not None, "kill() it first"
-    server.start()
+    env = {**os.environ, **server.env}
+    with open(server.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        server.process = subprocess.Popen(server.command(), stdout=log, stderr=log, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"restarted server exited:\n{server.log_path.read_text()}")
+        try:
+            if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"restarted server not healthy:\n{server.log_path.read_text()}")
 
 
 # --- tus-js-client through node -----------------------------------------------------------

@@ -1,7 +1,8 @@
 """tus-js-client 4.x (Node.js API, driven through js/upload.mjs) against a real tusd-py server.
 
-Runs on SQLite and PostgreSQL (server_factory). Needs `npm ci` in tests/interop/js; without
-node or node_modules the tests skip (fail with TUSD_TEST_REQUIRE_SERVICES=1).
+Runs on SQLite and PostgreSQL: the crash tests start their own server (server_factory), the
+others share one per backend (shared_server). Needs `npm ci` in tests/interop/js; without node
+or node_modules the tests skip (fail with TUSD_TEST_REQUIRE_SERVICES=1).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from tests.interop._support import (
 pytestmark = [pytest.mark.node, pytest.mark.timeout(240)]
 
 CHUNK = 5 * MiB
-# Long enough for the client to outlive a server restart (about 20 s of retrying in all).
-RETRY_THROUGH_RESTART = [0, 250, 500, 1000, 1000, 2000, 2000, 3000, 4000, 6000]
+# Long enough for the client to outlive a server restart (about 25 s of retrying in all),
+# with short steps so the client notices the restarted server quickly.
+RETRY_THROUGH_RESTART = [0, 250, 250, 250] + [500] * 48
 
 
-def test_chunked_upload_roundtrip(server_factory: Any, node: str, big_file: Any) -> None:
-    server = server_factory()
+def test_chunked_upload_roundtrip(shared_server: Any, node: str, big_file: Any) -> None:
+    server = shared_server
     metadata = {"filename": "random 64MiB.bin", "filetype": "application/octet-stream"}
 
     result = run_js_upload(
@@ -68,8 +70,8 @@ def test_chunked_upload_roundtrip(server_factory: Any, node: str, big_file: Any)
     assert_download_matches(url, big_file.size, big_file.sha256)
 
 
-def test_parallel_upload_concatenation(server_factory: Any, node: str, big_file: Any) -> None:
-    server = server_factory()
+def test_parallel_upload_concatenation(shared_server: Any, node: str, big_file: Any) -> None:
+    server = shared_server
     metadata = {"filename": "parallel.bin"}
 
     result = run_js_upload(
@@ -213,10 +215,10 @@ def test_resume_from_url_storage_after_server_and_client_crash(
     assert_download_matches(url, big_file.size, big_file.sha256)
 
 
-def test_stop_and_resume_with_upload_url(server_factory: Any, node: str, medium_file: Any) -> None:
+def test_stop_and_resume_with_upload_url(shared_server: Any, node: str, medium_file: Any) -> None:
     """creation-with-upload for the first chunk, a client-side abort after 6 MiB, then a new
     client resumes via the `uploadUrl` option."""
-    server = server_factory()
+    server = shared_server
     chunk = 1 * MiB
     stopped = run_js_upload(
         node,
@@ -254,11 +256,11 @@ def test_stop_and_resume_with_upload_url(server_factory: Any, node: str, medium_
 
 
 def test_parallel_upload_resumes_partials(
-    server_factory: Any, node: str, medium_file: Any, tmp_path: Path
+    shared_server: Any, node: str, medium_file: Any, tmp_path: Path
 ) -> None:
     """A parallel upload whose client dies while one partial is half sent; a new client finds
     the partial URLs in its URL storage, resumes them (no new partials) and concatenates."""
-    server = server_factory()
+    server = shared_server
     url_storage = tmp_path / "tus-urls.json"
     options: dict[str, Any] = {
         "file": str(medium_file.path),

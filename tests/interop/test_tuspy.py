@@ -53,9 +53,9 @@ class PatchRecorder:
 
 
 def test_chunked_upload_roundtrip(
-    server_factory: Any, source: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+    shared_server: Any, source: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = server_factory()
+    server = shared_server
     path, sha256 = source
     recorder = PatchRecorder(monkeypatch)
     metadata = {"filename": "tuspy source.bin", "filetype": "application/octet-stream"}
@@ -80,10 +80,10 @@ def test_chunked_upload_roundtrip(
     assert_download_matches(url, SIZE, sha256)
 
 
-def test_upload_with_sha1_checksums(server_factory: Any, source: tuple[Path, str]) -> None:
+def test_upload_with_sha1_checksums(shared_server: Any, source: tuple[Path, str]) -> None:
     """upload_checksum=True: every PATCH carries `Upload-Checksum: sha1 ...` (and tuspy sends
     an empty Upload-Metadata header when there is no metadata)."""
-    server = server_factory()
+    server = shared_server
     path, sha256 = source
 
     uploader = client.TusClient(server.files_url).uploader(
@@ -97,12 +97,12 @@ def test_upload_with_sha1_checksums(server_factory: Any, source: tuple[Path, str
 
 
 def test_resume_from_url_storage(
-    server_factory: Any,
+    shared_server: Any,
     source: tuple[Path, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    server = server_factory()
+    server = shared_server
     path, sha256 = source
     tus = client.TusClient(server.files_url)
     storage_path = tmp_path / "tuspy-urls.json"

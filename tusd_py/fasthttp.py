@@ -1,0 +1,89 @@
+"""A leaner request-body path for uvicorn's httptools protocol.
+
+Stock uvicorn (0.3x-0.5x) appends each body slice to a bytearray and copies that again into
+the ASGI message, and pauses the socket whenever 64 KiB are waiting. For uploads that is
+two extra copies of every byte and a pause/resume per slice. This protocol queues the
+slices httptools hands us as they are (no copies), delivers one per ASGI message, and lets
+up to QUEUE_LIMIT bytes wait before it pauses reading, so memory per request stays bounded.
+
+It touches uvicorn internals (RequestResponseCycle.body/receive, _start_asgi_task), so it
+lives alone in this module; `protocol_class()` falls back to uvicorn's own protocol when
+those internals are not what we expect.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections import deque
+from typing import Any
+
+log = logging.getLogger("tusd_py.fasthttp")
+
+#: bytes of request body that may wait for the application before the socket is paused
+QUEUE_LIMIT = 1024 * 1024
+
+
+def protocol_class() -> type[Any] | str:
+    try:
+        from uvicorn.protocols.http.httptools_impl import (
+            HttpToolsProtocol,
+            RequestResponseCycle,
+        )
+    except ImportError:  # httptools not installed: h11 it is
+        return "auto"
+    if not all(
+        hasattr(HttpToolsProtocol, name) for name in ("_start_asgi_task", "on_body")
+    ) or not hasattr(RequestResponseCycle, "receive"):
+        log.warning("uvicorn internals changed; using its stock HTTP protocol")
+        return "auto"
+
+    class QueuedBodyProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            cycle.chunks = deque()
+            cycle.queued = 0
+            cycle.receive = types.MethodType(_receive, cycle)
+            super()._start_asgi_task(cycle, app)
+
+        def on_body(self, body: bytes) -> None:
+            cycle = self.cycle
+            if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+                return
+            chunks = getattr(cycle, "chunks", None)
+            if chunks is None:  # a cycle we did not set up (should not happen)
+                super().on_body(body)
+                return
+            chunks.append(body)
+            cycle.queued += len(body)
+            if cycle.queued > QUEUE_LIMIT:
+                self.flow.pause_reading()
+            cycle.message_event.set()
+
+    return QueuedBodyProtocol
+
+
+async def _receive(self: Any) -> dict[str, Any]:
+    """RequestResponseCycle.receive, delivering queued slices one at a time.
+
+    Unlike the stock receive, slices that arrived before the client disconnected are still
+    delivered (then the disconnect): an interrupted upload keeps every byte that reached us.
+    """
+    if self.waiting_for_100_continue and not self.transport.is_closing():
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.waiting_for_100_continue = False
+    if self.response_complete:
+        return {"type": "http.disconnect"}
+    if not self.chunks and not self.disconnected:
+        self.flow.resume_reading()
+        await self.message_event.wait()
+        self.message_event.clear()
+    if self.chunks:
+        body = self.chunks.popleft()
+        self.queued -= len(body)
+        if self.queued <= QUEUE_LIMIT // 2 and not self.disconnected:
+            self.flow.resume_reading()
+        more_body = bool(self.chunks) or self.more_body
+        return {"type": "http.request", "body": body, "more_body": more_body}
+    if self.disconnected or self.response_complete:
+        return {"type": "http.disconnect"}
+    return {"type": "http.request", "body": b"", "more_body": self.more_body}
