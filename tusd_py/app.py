@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,10 +48,40 @@ async def prepare_database(settings: Settings) -> None:
         )
 
 
-@dataclass
 class Runtime:
-    engine: AsyncEngine
-    service: UploadService
+    """What one application instance runs beside its requests: database check, sweeper.
+
+    Started by the ASGI lifespan, or by the first request when the application is mounted
+    inside another one that does not forward lifespan events (Starlette's Mount does not).
+    """
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, service: UploadService) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.service = service
+        self.started = False
+        self._starting = asyncio.Lock()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        async with self._starting:
+            if self.started:
+                return
+            await prepare_database(self.settings)
+            if self.settings.limits.expiration is not None:
+                self._sweeper = asyncio.create_task(
+                    sweep_forever(self.service, self.settings.sweep_interval)
+                )
+            self.started = True
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.service.store.close()
+        await self.engine.dispose()
+        self.started = False
 
 
 async def sweep_forever(service: UploadService, interval: float) -> None:
@@ -78,23 +107,16 @@ def build_service(settings: Settings, engine: AsyncEngine) -> UploadService:
 def build_app(settings: Settings) -> Starlette:
     engine = make_engine(settings.resolved_database_url)
     service = build_service(settings, engine)
-    handlers = TusHandlers(service, settings)
+    runtime = Runtime(settings, engine, service)
+    handlers = TusHandlers(service, settings, runtime.start)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await prepare_database(settings)
-        sweeper = None
-        if settings.limits.expiration is not None:
-            sweeper = asyncio.create_task(sweep_forever(service, settings.sweep_interval))
+        await runtime.start()
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
-            await service.store.close()
-            await engine.dispose()
+            await runtime.stop()
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -123,5 +145,5 @@ def build_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False
-    app.state.runtime = Runtime(engine, service)
+    app.state.runtime = runtime
     return app

@@ -35,9 +35,16 @@ TUS_HEADERS = {"Tus-Resumable": rules.TUS_VERSION}
 
 
 class TusHandlers:
-    def __init__(self, service: UploadService, settings: Settings) -> None:
+    def __init__(
+        self,
+        service: UploadService,
+        settings: Settings,
+        ensure_started: Callable[[], Awaitable[None]],
+    ) -> None:
         self.service = service
         self.settings = settings
+        self.ensure_started = ensure_started
+        self.started = False
         self.checksum_algorithms = tuple(ALGORITHMS)
 
     # --- dispatch ----------------------------------------------------------------------
@@ -82,6 +89,9 @@ class TusHandlers:
     ) -> Response:
         method = request.method
         try:
+            if not self.started:
+                await self.ensure_started()
+                self.started = True
             method = rules.effective_method(request.method, request.headers)
             rules.check_tus_resumable(method, request.headers)
             return await handler(request, method)
@@ -155,8 +165,6 @@ class TusHandlers:
             start, end, status = byte_range.start, byte_range.end + 1, 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{upload.length}"
         headers["Content-Length"] = str(end - start)
-        if request.method == "HEAD":
-            return Response(status_code=status, headers=headers)
         return StreamingResponse(download.body(start, end), status_code=status, headers=headers)
 
     # --- URLs --------------------------------------------------------------------------
