@@ -191,6 +191,8 @@ class UploadService:
         return await self._commit_append(upload, outcome)
 
     async def _commit_append(self, upload: Upload, outcome: AppendOutcome) -> Upload:
+        if upload.status is UploadStatus.FINISHED:
+            return upload  # an empty PATCH at the end of a finished upload changes nothing
         now = self.clock()
         if outcome.new_status is UploadStatus.FINISHED:
             assert outcome.new_length is not None
