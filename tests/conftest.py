@@ -145,7 +145,7 @@ class ServerProcess:
             cmd += ["--database-url", self.database_url]
         return cmd + self.extra_args
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         if self.database_url and self.database_url.startswith("postgresql"):
             subprocess.run(
                 [sys.executable, "-m", "tusd_py", "migrate", "--database-url", self.database_url],

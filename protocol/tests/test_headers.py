@@ -41,6 +41,7 @@ from tusd_protocol.headers import (
     parse_uint,
 )
 
+ARABIC_INDIC_DIGITS = str.maketrans("0123456789", "".join(chr(0x660 + d) for d in range(10)))
 PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F))
 #: metadata keys: visible ASCII without the comma
 METADATA_KEY_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != ",")
@@ -163,28 +164,53 @@ def _parses_or_refuses(parser, value: str) -> None:  # type: ignore[no-untyped-d
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=PARSER_IDS)
-@settings(max_examples=1500)
+@settings(max_examples=1000, deadline=None)
 @given(value=st.text())
 def test_parsers_raise_only_protocol_errors_on_any_text(parser, value: str) -> None:  # type: ignore[no-untyped-def]
     _parses_or_refuses(parser, value)
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=PARSER_IDS)
-@settings(max_examples=1500)
+@settings(max_examples=1000, deadline=None)
 @given(value=st.text(alphabet=PRINTABLE_ASCII))
 def test_parsers_raise_only_protocol_errors_on_printable_ascii(parser, value: str) -> None:  # type: ignore[no-untyped-def]
     _parses_or_refuses(parser, value)
 
 
-# Near-misses of each grammar find the corners that random text rarely reaches.
-near_miss_alphabet = st.sampled_from(
-    list("0123456789 ,;=?-+/=*_.:") + ["final;", "partial", "sha1 ", "GMT", "Wed", "Jun", "?1"]
-)
+# Near-misses of each grammar (one character inserted, dropped or replaced in a valid
+# value) find the corners that random text rarely reaches.
+VALID_SAMPLES = [
+    "0",
+    "9223372036854775807",
+    "filename d29ybGQ=,flag,type aW1hZ2UvcG5n",
+    "partial",
+    "final;/files/a https://h/files/b",
+    "sha1 " + base64.b64encode(bytes(20)).decode(),
+    "Wed, 25 Jun 2014 16:00:00 GMT",
+    "?1",
+    "max-size=1000, min-size=1, expires=?0, flag",
+]
+
+
+@st.composite
+def near_misses(draw: st.DrawFn) -> str:
+    value = draw(st.sampled_from(VALID_SAMPLES))
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        position = draw(st.integers(min_value=0, max_value=len(value)))
+        char = draw(st.sampled_from(list("0 ,;=?-+/*_.:\t\x00é٣")) | st.characters())
+        operation = draw(st.sampled_from(["insert", "drop", "replace"]))
+        if operation == "insert":
+            value = value[:position] + char + value[position:]
+        elif operation == "drop":
+            value = value[:position] + value[position + 1 :]
+        else:
+            value = value[:position] + char + value[position + 1 :]
+    return value
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=PARSER_IDS)
-@settings(max_examples=1500)
-@given(value=st.lists(near_miss_alphabet | st.text(max_size=3), max_size=12).map("".join))
+@settings(max_examples=500, deadline=None)
+@given(value=near_misses())
 def test_parsers_raise_only_protocol_errors_on_near_misses(parser, value: str) -> None:  # type: ignore[no-untyped-def]
     _parses_or_refuses(parser, value)
 
@@ -194,7 +220,7 @@ def test_parsers_raise_only_protocol_errors_on_near_misses(parser, value: str) -
 
 @pytest.mark.parametrize(
     "value",
-    ["-1", "+1", " 1", "1 ", "", "1.0", "1e3", "0x10", "1_000", "١", "one", "9" * 20, str(2**63)],
+    ["-1", "+1", " 1", "1 ", "", "1.0", "1e3", "0x10", "1_000", "\u0661", "one", "9" * 20, str(2**63)],
 )
 def test_uint_refuses_anything_but_digits_up_to_2_63_minus_1(value: str) -> None:
     with pytest.raises(InvalidInteger):
@@ -398,7 +424,7 @@ def test_http_date_refuses_everything_but_imf_fixdate(value: str) -> None:
 def test_http_date_refuses_non_ascii_digits() -> None:
     # the grammar is DIGIT (ASCII); Python's \d and int() also take other scripts' digits
     with pytest.raises(InvalidHeader):
-        parse_http_date("Wed, ٢٥ Jun ٢٠١٤ ١٦:٠٠:٠٠ GMT")
+        parse_http_date("Wed, 25 Jun 2014 16:00:00 GMT".translate(ARABIC_INDIC_DIGITS))
 
 
 # --- structured fields ----------------------------------------------------------------

@@ -56,7 +56,7 @@ def _session_server(
         database_url = request.getfixturevalue("postgres_databases").create()
     data_dir = tmp_path_factory.mktemp(f"interop-{request.param}") / "data"
     data_dir.mkdir()
-    server = ServerProcess(data_dir, database_url).start()
+    server = ServerProcess(data_dir, database_url).start(timeout=60)
     yield server
     server.stop()
 

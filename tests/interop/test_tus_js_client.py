@@ -32,9 +32,9 @@ from tests.interop._support import (
 pytestmark = [pytest.mark.node, pytest.mark.timeout(240)]
 
 CHUNK = 5 * MiB
-# Long enough for the client to outlive a server restart (about 25 s of retrying in all),
-# with short steps so the client notices the restarted server quickly.
-RETRY_THROUGH_RESTART = [0, 250, 250, 250] + [500] * 48
+# Long enough for the client to outlive a server restart even on a loaded machine (about 55 s
+# of retrying in all), with short steps so the client notices the restarted server quickly.
+RETRY_THROUGH_RESTART = [0, 250, 250, 250] + [500] * 108
 
 
 def test_chunked_upload_roundtrip(shared_server: Any, node: str, big_file: Any) -> None:

@@ -1,0 +1,348 @@
+"""FileStore: bytes land where the offset says, nothing past the length survives, and memory
+does not grow with the upload."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import tempfile
+import tracemalloc
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tusd_storage import Capability, FileStore, FsyncPolicy, StorageError
+from tusd_storage import file as file_module
+
+ID = "abcdefghijklmnop"
+MiB = 1024 * 1024
+
+
+async def _read_all(store: FileStore, upload_id: str, start: int, end: int) -> bytes:
+    return b"".join([block async for block in store.read(upload_id, start, end)])
+
+
+def read_all(store: FileStore, upload_id: str, start: int, end: int) -> bytes:
+    return asyncio.run(_read_all(store, upload_id, start, end))
+
+
+async def _append(store: FileStore, upload_id: str, offset: int, chunks: Sequence[bytes]) -> int:
+    appender = store.appender(upload_id, offset)
+    for chunk in chunks:
+        await appender.write(chunk)
+    return await appender.close()
+
+
+def append(store: FileStore, upload_id: str, offset: int, chunks: Sequence[bytes]) -> int:
+    return asyncio.run(_append(store, upload_id, offset, chunks))
+
+
+def create(store: FileStore, upload_id: str = ID, length: int | None = None) -> None:
+    asyncio.run(store.create(upload_id, length))
+
+
+@pytest.fixture(params=[FsyncPolicy.ALWAYS, FsyncPolicy.NEVER])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> FileStore:
+    return FileStore(tmp_path / "uploads", fsync=request.param)
+
+
+def test_declares_its_capabilities() -> None:
+    assert FileStore.capabilities == {
+        Capability.CONCATENATION,
+        Capability.RANGE_READS,
+        Capability.DEFERRED_LENGTH,
+    }
+
+
+def test_creates_its_directory(tmp_path: Path) -> None:
+    FileStore(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_create_makes_an_empty_file(store: FileStore) -> None:
+    create(store, ID, 10)
+    assert store.path(ID).read_bytes() == b""
+
+
+def test_create_twice_fails(store: FileStore) -> None:
+    create(store)
+    with pytest.raises(OSError):
+        create(store)
+
+
+def test_round_trip(store: FileStore) -> None:
+    create(store, ID, 11)
+    assert append(store, ID, 0, [b"hello", b" ", b"world"]) == 11
+    asyncio.run(store.finish(ID, 11))
+    assert read_all(store, ID, 0, 11) == b"hello world"
+
+
+def test_empty_chunks_are_ignored(store: FileStore) -> None:
+    create(store)
+    assert append(store, ID, 0, [b"", b"ab", b"", b"c"]) == 3
+    assert read_all(store, ID, 0, 3) == b"abc"
+
+
+def test_an_appender_without_writes_stores_nothing(store: FileStore) -> None:
+    create(store)
+    assert append(store, ID, 0, []) == 0
+    assert store.path(ID).stat().st_size == 0
+
+
+def test_appends_continue_at_the_offset(store: FileStore) -> None:
+    create(store)
+    append(store, ID, 0, [b"abc"])
+    append(store, ID, 3, [b"def"])
+    assert read_all(store, ID, 0, 6) == b"abcdef"
+
+
+def test_append_at_the_offset_overwrites_garbage_past_it(store: FileStore) -> None:
+    create(store, ID, 8)
+    append(store, ID, 0, [b"01234"])
+    # a request that was discarded (checksum mismatch) left bytes past the committed offset
+    append(store, ID, 5, [b"GARBAGE!"])
+    assert append(store, ID, 5, [b"567"]) == 3
+    assert read_all(store, ID, 0, 8) == b"01234567"
+    asyncio.run(store.finish(ID, 8))
+    assert store.path(ID).read_bytes() == b"01234567"
+
+
+def test_finish_truncates_bytes_past_the_length(store: FileStore) -> None:
+    create(store, ID, 4)
+    append(store, ID, 0, [b"abcdEXTRA"])
+    asyncio.run(store.finish(ID, 4))
+    assert store.path(ID).stat().st_size == 4
+    assert read_all(store, ID, 0, 4) == b"abcd"
+
+
+def test_finish_of_an_exact_file_keeps_it(store: FileStore) -> None:
+    create(store, ID, 4)
+    append(store, ID, 0, [b"abcd"])
+    asyncio.run(store.finish(ID, 4))
+    assert store.path(ID).read_bytes() == b"abcd"
+
+
+def test_finish_of_an_empty_upload(store: FileStore) -> None:
+    create(store, ID, 0)
+    asyncio.run(store.finish(ID, 0))
+    assert store.path(ID).read_bytes() == b""
+    assert read_all(store, ID, 0, 0) == b""
+
+
+def test_range_reads(store: FileStore) -> None:
+    data = bytes(range(256)) * 10
+    create(store, ID, len(data))
+    append(store, ID, 0, [data])
+    assert read_all(store, ID, 10, 20) == data[10:20]
+    assert read_all(store, ID, 2550, 2560) == data[2550:]
+    assert read_all(store, ID, 5, 5) == b""
+
+
+def test_reads_stream_in_blocks(store: FileStore) -> None:
+    data = os.urandom(3 * file_module.READ_BLOCK + 17)
+    create(store, ID, len(data))
+    append(store, ID, 0, [data])
+
+    async def blocks() -> list[bytes]:
+        return [block async for block in store.read(ID, 0, len(data))]
+
+    result = asyncio.run(blocks())
+    assert b"".join(result) == data
+    assert max(map(len, result)) <= file_module.READ_BLOCK
+
+
+def test_read_of_a_missing_upload_raises_storage_error(store: FileStore) -> None:
+    with pytest.raises(StorageError):
+        read_all(store, "nosuchuploadxxxx", 0, 10)
+
+
+def test_read_past_the_stored_bytes_raises_storage_error(store: FileStore) -> None:
+    create(store)
+    append(store, ID, 0, [b"abc"])
+    with pytest.raises(StorageError):
+        read_all(store, ID, 0, 10)
+
+
+def test_append_to_a_missing_upload_raises_storage_error(store: FileStore) -> None:
+    with pytest.raises(StorageError):
+        append(store, "nosuchuploadxxxx", 0, [b"abc"])
+
+
+@pytest.mark.parametrize("upload_id", ["", ".", "..", "a/b", "../escape"])
+def test_invalid_ids_are_refused(store: FileStore, upload_id: str) -> None:
+    with pytest.raises(StorageError):
+        store.path(upload_id)
+
+
+def test_concatenate_copies_sources_in_order(store: FileStore) -> None:
+    for upload_id, data in [("aaaaaaaaaaaaaaaa", b"first-"), ("bbbbbbbbbbbbbbbb", b"second-")]:
+        create(store, upload_id, len(data))
+        append(store, upload_id, 0, [data])
+    create(store, ID, None)
+    sources = [("bbbbbbbbbbbbbbbb", 7), ("aaaaaaaaaaaaaaaa", 6), ("bbbbbbbbbbbbbbbb", 7)]
+    asyncio.run(store.concatenate(ID, sources))
+    assert read_all(store, ID, 0, 20) == b"second-first-second-"
+    assert store.path(ID).stat().st_size == 20
+
+
+def test_concatenate_copies_only_the_recorded_length(store: FileStore) -> None:
+    create(store, "aaaaaaaaaaaaaaaa")
+    append(store, "aaaaaaaaaaaaaaaa", 0, [b"keepGARBAGE"])
+    create(store, ID)
+    asyncio.run(store.concatenate(ID, [("aaaaaaaaaaaaaaaa", 4), ("aaaaaaaaaaaaaaaa", 4)]))
+    assert store.path(ID).read_bytes() == b"keepkeep"
+
+
+def test_concatenate_replaces_what_the_target_held(store: FileStore) -> None:
+    create(store, "aaaaaaaaaaaaaaaa")
+    append(store, "aaaaaaaaaaaaaaaa", 0, [b"xy"])
+    create(store, ID)
+    append(store, ID, 0, [b"old bytes of a failed attempt"])
+    asyncio.run(store.concatenate(ID, [("aaaaaaaaaaaaaaaa", 2)]))
+    assert store.path(ID).read_bytes() == b"xy"
+
+
+def test_concatenate_of_large_sources(store: FileStore) -> None:
+    one, two = os.urandom(3 * MiB + 1), os.urandom(MiB - 1)
+    create(store, "aaaaaaaaaaaaaaaa")
+    append(store, "aaaaaaaaaaaaaaaa", 0, [one])
+    create(store, "bbbbbbbbbbbbbbbb")
+    append(store, "bbbbbbbbbbbbbbbb", 0, [two])
+    create(store, ID)
+    asyncio.run(store.concatenate(ID, [("aaaaaaaaaaaaaaaa", len(one)), ("bbbbbbbbbbbbbbbb", len(two))]))
+    assert store.path(ID).read_bytes() == one + two
+
+
+def test_concatenate_of_a_short_source_raises_storage_error(store: FileStore) -> None:
+    create(store, "aaaaaaaaaaaaaaaa")
+    append(store, "aaaaaaaaaaaaaaaa", 0, [b"abc"])
+    create(store, ID)
+    with pytest.raises(StorageError):
+        asyncio.run(store.concatenate(ID, [("aaaaaaaaaaaaaaaa", 10)]))
+
+
+def test_delete_removes_the_file_and_is_idempotent(store: FileStore) -> None:
+    create(store)
+    append(store, ID, 0, [b"abc"])
+    asyncio.run(store.delete(ID))
+    assert not store.path(ID).exists()
+    asyncio.run(store.delete(ID))
+    asyncio.run(store.delete("neverexistedxxxx"))
+    with pytest.raises(StorageError):
+        read_all(store, ID, 0, 3)
+
+
+def test_abort_releases_the_file(store: FileStore) -> None:
+    create(store)
+
+    async def write_and_abort() -> None:
+        appender = store.appender(ID, 0)
+        await appender.write(b"x" * (file_module.BATCH_BYTES + 1))  # submits a batch
+        await appender.write(b"tail")
+        await appender.abort()
+
+    asyncio.run(write_and_abort())
+    # whatever was written is past the committed offset (0): the next append overwrites it
+    append(store, ID, 0, [b"fresh"])
+    asyncio.run(store.finish(ID, 5))
+    assert store.path(ID).read_bytes() == b"fresh"
+
+
+def test_many_small_chunks_cross_the_iovec_limit(store: FileStore) -> None:
+    chunks = [bytes([i % 256]) * 3 for i in range(3 * file_module.MAX_IOVECS + 5)]
+    create(store)
+    assert append(store, ID, 0, chunks) == 3 * len(chunks)
+    assert store.path(ID).read_bytes() == b"".join(chunks)
+
+
+def test_short_writes_resume_where_they_stopped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real_pwritev = os.pwritev
+
+    def short_pwritev(fd: int, buffers: Sequence[memoryview], position: int) -> int:
+        # write at most 5 bytes per call, splitting buffers in the middle
+        first = bytes(buffers[0])[:5]
+        return real_pwritev(fd, [first], position)
+
+    monkeypatch.setattr(file_module.os, "pwritev", short_pwritev)
+    store = FileStore(tmp_path, fsync=FsyncPolicy.NEVER)
+    create(store)
+    chunks = [b"abcdefghijkl", b"mn", b"opqrstuvwxyz0123"]
+    assert append(store, ID, 0, chunks) == 30
+    assert store.path(ID).read_bytes() == b"".join(chunks)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    size=st.integers(min_value=0, max_value=3 * MiB),
+    seed=st.integers(min_value=0, max_value=2**32),
+    requests=st.lists(
+        st.lists(st.integers(min_value=0, max_value=MiB + 7), max_size=6), max_size=5
+    ),
+)
+def test_round_trip_with_random_chunkings(size: int, seed: int, requests: list[list[int]]) -> None:
+    """Any split of the bytes into requests and chunks stores exactly the bytes."""
+    data = random.Random(seed).randbytes(size)
+    # each request carries the chunk sizes it writes; the last request takes what is left
+    with tempfile.TemporaryDirectory() as directory:
+        store = FileStore(directory, fsync=FsyncPolicy.NEVER)
+        create(store, ID, len(data))
+        offset = 0
+        for sizes in [*requests, [len(data)]]:
+            chunks = []
+            position = offset
+            for size in sizes:
+                chunk = data[position : position + size]
+                chunks.append(chunk)
+                position += len(chunk)
+            stored = append(store, ID, offset, chunks)
+            assert stored == position - offset
+            offset = position
+        assert offset == len(data)
+        asyncio.run(store.finish(ID, len(data)))
+        assert read_all(store, ID, 0, len(data)) == data
+        if data:
+            start = len(data) // 3
+            assert read_all(store, ID, start, len(data)) == data[start:]
+
+
+def test_memory_does_not_grow_with_upload_size(tmp_path: Path) -> None:
+    """64 MiB in 64 KiB chunks: peak Python allocations stay far below the upload size."""
+    store = FileStore(tmp_path, fsync=FsyncPolicy.NEVER)
+    size, chunk_size = 64 * MiB, 64 * 1024
+    create(store, ID, size)
+    expected = hashlib.sha256()
+
+    async def upload() -> int:
+        appender = store.appender(ID, 0)
+        for index in range(size // chunk_size):
+            # a fresh chunk each time, as from the network: nothing may keep them alive
+            chunk = index.to_bytes(4, "big") * (chunk_size // 4)
+            expected.update(chunk)
+            await appender.write(chunk)
+        return await appender.close()
+
+    tracemalloc.start()
+    try:
+        stored = asyncio.run(upload())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stored == size
+    assert peak < 8 * MiB, f"peak Python allocation {peak / MiB:.1f} MiB for a 64 MiB upload"
+
+    async def digest_of_stored() -> bytes:
+        actual = hashlib.sha256()
+        async for block in store.read(ID, 0, size):
+            actual.update(block)
+        return actual.digest()
+
+    assert asyncio.run(digest_of_stored()) == expected.digest()
+    assert store.path(ID).stat().st_size == size
