@@ -39,7 +39,7 @@ async def prepare_database(settings: Settings) -> None:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(migrations.upgrade, url)
+        await asyncio.to_thread(migrations.upgrade_if_needed, url)
         return
     if not await asyncio.to_thread(migrations.is_current, url):
         raise SchemaNotMigrated(
