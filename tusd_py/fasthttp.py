@@ -40,8 +40,7 @@ def protocol_class() -> type[Any] | str:
 
     class QueuedBodyProtocol(HttpToolsProtocol):  # type: ignore[misc]
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-            cycle.chunks = deque()
-            cycle.queued = 0
+            _ensure_queue(cycle)
             cycle.receive = types.MethodType(_receive, cycle)
             super()._start_asgi_task(cycle, app)
 
@@ -49,17 +48,26 @@ def protocol_class() -> type[Any] | str:
             cycle = self.cycle
             if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
                 return
-            chunks = getattr(cycle, "chunks", None)
-            if chunks is None:  # a cycle we did not set up (should not happen)
-                super().on_body(body)
-                return
-            chunks.append(body)
+            # a pipelined request's body can arrive before its task starts
+            _ensure_queue(cycle).append(body)
             cycle.queued += len(body)
             if cycle.queued > QUEUE_LIMIT:
                 self.flow.pause_reading()
             cycle.message_event.set()
 
     return QueuedBodyProtocol
+
+
+def _ensure_queue(cycle: Any) -> deque[bytes]:
+    chunks: deque[bytes] | None = getattr(cycle, "chunks", None)
+    if chunks is None:
+        chunks = cycle.chunks = deque()
+        cycle.queued = 0
+        if cycle.body:  # anything the stock on_body collected before we saw the cycle
+            chunks.append(bytes(cycle.body))
+            cycle.queued = len(cycle.body)
+            cycle.body = bytearray()
+    return chunks
 
 
 async def _receive(self: Any) -> dict[str, Any]:

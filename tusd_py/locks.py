@@ -31,6 +31,8 @@ class Holding:
     receiving: bool = False
 
     def request_stop(self) -> None:
+        if self.stop_requested:
+            return  # one cancellation per handover, however many newcomers ask
         self.stop_requested = True
         if self.receiving and self.task is not None and not self.task.done():
             self.task.cancel(HANDOVER)
@@ -39,8 +41,8 @@ class Holding:
         """Was this cancellation our handover (and not a shutdown)? Un-cancels if so."""
         if not self.stop_requested or self.task is None:
             return False
-        if HANDOVER not in exc.args:
-            return False
+        if HANDOVER not in exc.args or self.task.cancelling() > 1:
+            return False  # a real cancellation (shutdown) came too: let it through
         self.task.uncancel()
         return True
 

@@ -897,8 +897,17 @@ def test_any_range_of_an_empty_upload_is_416() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["bytes=0-1,5-6", "bytes=0-1, 5-6", "items=0-1", "bytes=", "bytes=-", "bytes=a-b",
-     "bytes=5-4", "bytes=0-" + "9" * 20, "0-1"],
+    [
+        "bytes=0-1,5-6",
+        "bytes=0-1, 5-6",
+        "items=0-1",
+        "bytes=",
+        "bytes=-",
+        "bytes=a-b",
+        "bytes=5-4",
+        "bytes=0-" + "9" * 20,
+        "0-1",
+    ],
 )
 def test_multiple_or_unknown_ranges_are_ignored(value: str) -> None:
     assert parse_range(value, 100) is None
@@ -980,7 +989,7 @@ def test_no_metadata_serves_octet_stream_attachment() -> None:
 def test_filename_star_encodes_utf8() -> None:
     headers = content_headers(meta(filename="naïve résumé.txt"))
     assert headers["Content-Disposition"] == (
-        "attachment; filename=\"na_ve r_sum_.txt\"; "
+        'attachment; filename="na_ve r_sum_.txt"; '
         "filename*=UTF-8''na%C3%AFve%20r%C3%A9sum%C3%A9.txt"
     )
 

@@ -65,6 +65,7 @@ PARSER_IDS = [p.__name__ for p in PARSERS]
 # --- round trips ----------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=0, max_value=MAX_INT))
 def test_uint_reads_back(number: int) -> None:
     assert parse_uint(format_uint(number)) == number
@@ -81,6 +82,7 @@ metadata_keys = st.text(alphabet=METADATA_KEY_CHARS, min_size=1, max_size=20)
 metadata_values = st.none() | st.binary(min_size=1, max_size=64)
 
 
+@settings(deadline=None)
 @given(st.dictionaries(metadata_keys, metadata_values, max_size=8))
 def test_metadata_reads_back(metadata: dict[str, bytes | None]) -> None:
     assert parse_metadata(format_metadata(metadata)) == metadata
@@ -91,6 +93,7 @@ def test_metadata_empty_value_reads_back_as_a_bare_key() -> None:
     assert parse_metadata(format_metadata({"empty": b""})) == {"empty": None}
 
 
+@settings(deadline=None)
 @given(st.lists(st.text(alphabet=URL_CHARS, min_size=1, max_size=40), min_size=1, max_size=6))
 def test_concat_final_reads_back(urls: list[str]) -> None:
     concat = ConcatFinal(tuple(urls))
@@ -101,6 +104,7 @@ def test_concat_partial_reads_back() -> None:
     assert parse_concat(format_concat(ConcatPartial())) == ConcatPartial()
 
 
+@settings(deadline=None)
 @given(
     st.text(alphabet=string.ascii_lowercase + string.digits + "-", min_size=1, max_size=32),
     st.binary(min_size=1, max_size=64),
@@ -110,11 +114,13 @@ def test_checksum_reads_back(algorithm: str, digest: bytes) -> None:
     assert parse_checksum(format_checksum(checksum)) == checksum
 
 
+@settings(deadline=None)
 @given(
     st.datetimes(
         min_value=datetime(2, 1, 1),
         max_value=datetime(9998, 12, 31),
-        timezones=st.just(UTC) | st.builds(
+        timezones=st.just(UTC)
+        | st.builds(
             timezone, st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23))
         ),
     )
@@ -132,6 +138,7 @@ def test_format_http_date_refuses_naive_datetimes() -> None:
         format_http_date(datetime(2014, 6, 25, 16, 0, 0))
 
 
+@settings(deadline=None)
 @given(st.booleans())
 def test_sf_boolean_reads_back(value: bool) -> None:
     assert parse_sf_boolean(format_sf_boolean(value)) is value
@@ -145,6 +152,7 @@ sf_keys = st.builds(
 sf_items = st.booleans() | st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1)
 
 
+@settings(deadline=None)
 @given(st.dictionaries(sf_keys, sf_items, max_size=6))
 def test_sf_int_dictionary_reads_back(members: dict[str, int | bool]) -> None:
     parsed = parse_sf_int_dictionary(format_sf_int_dictionary(members))
@@ -220,7 +228,21 @@ def test_parsers_raise_only_protocol_errors_on_near_misses(parser, value: str) -
 
 @pytest.mark.parametrize(
     "value",
-    ["-1", "+1", " 1", "1 ", "", "1.0", "1e3", "0x10", "1_000", "\u0661", "one", "9" * 20, str(2**63)],
+    [
+        "-1",
+        "+1",
+        " 1",
+        "1 ",
+        "",
+        "1.0",
+        "1e3",
+        "0x10",
+        "1_000",
+        "\u0661",
+        "one",
+        "9" * 20,
+        str(2**63),
+    ],
 )
 def test_uint_refuses_anything_but_digits_up_to_2_63_minus_1(value: str) -> None:
     with pytest.raises(InvalidInteger):
@@ -351,8 +373,19 @@ def test_concat_final_without_urls_is_refused(header: str) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["", "Partial", "partial ", " partial", "final", "final:/files/a", "FINAL;/files/a",
-     "final;/files/ä", "final;/files/a\t/files/b", "whatever", "partial;final"],
+    [
+        "",
+        "Partial",
+        "partial ",
+        " partial",
+        "final",
+        "final:/files/a",
+        "FINAL;/files/a",
+        "final;/files/ä",
+        "final;/files/a\t/files/b",
+        "whatever",
+        "partial;final",
+    ],
 )
 def test_concat_garbage_is_refused(header: str) -> None:
     with pytest.raises(InvalidConcat) as info:
@@ -371,8 +404,19 @@ def test_checksum_parses_algorithm_and_digest() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["", "sha1", "sha1 ", " sha1 YQ==", "SHA1 YQ==", "sha1 YQ", "sha1 YQ== ", "sha1  YQ==",
-     "sha1 Y!==", "sha_1 YQ==", "a" * 33 + " YQ=="],
+    [
+        "",
+        "sha1",
+        "sha1 ",
+        " sha1 YQ==",
+        "SHA1 YQ==",
+        "sha1 YQ",
+        "sha1 YQ== ",
+        "sha1  YQ==",
+        "sha1 Y!==",
+        "sha_1 YQ==",
+        "a" * 33 + " YQ==",
+    ],
 )
 def test_checksum_malformed_is_refused(header: str) -> None:
     with pytest.raises(InvalidChecksum) as info:
@@ -451,8 +495,19 @@ def test_sf_int_dictionary_empty() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["Max=1", "a=1.5", "a=x", "a=", "=1", "a=1,", "a=1,,b=2", "1a=1", "a=" + "9" * 16, "a=?2",
-     'a="s"'],
+    [
+        "Max=1",
+        "a=1.5",
+        "a=x",
+        "a=",
+        "=1",
+        "a=1,",
+        "a=1,,b=2",
+        "1a=1",
+        "a=" + "9" * 16,
+        "a=?2",
+        'a="s"',
+    ],
 )
 def test_sf_int_dictionary_refuses_other_members(value: str) -> None:
     with pytest.raises(InvalidHeader):

@@ -213,7 +213,9 @@ def test_concatenate_of_large_sources(store: FileStore) -> None:
     create(store, "bbbbbbbbbbbbbbbb")
     append(store, "bbbbbbbbbbbbbbbb", 0, [two])
     create(store, ID)
-    asyncio.run(store.concatenate(ID, [("aaaaaaaaaaaaaaaa", len(one)), ("bbbbbbbbbbbbbbbb", len(two))]))
+    asyncio.run(
+        store.concatenate(ID, [("aaaaaaaaaaaaaaaa", len(one)), ("bbbbbbbbbbbbbbbb", len(two))])
+    )
     assert store.path(ID).read_bytes() == one + two
 
 
@@ -259,7 +261,9 @@ def test_many_small_chunks_cross_the_iovec_limit(store: FileStore) -> None:
     assert store.path(ID).read_bytes() == b"".join(chunks)
 
 
-def test_short_writes_resume_where_they_stopped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_short_writes_resume_where_they_stopped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     real_pwritev = os.pwritev
 
     def short_pwritev(fd: int, buffers: Sequence[memoryview], position: int) -> int:

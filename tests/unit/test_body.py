@@ -124,9 +124,7 @@ def test_up_to_max_bytes_is_not_an_overrun() -> None:
 def test_stops_at_max_bytes_with_overrun() -> None:
     hasher = hashlib.sha1()
     messages = body_messages([b"abc", b"def", b"ghi"])
-    result, blob, stored = run(
-        lambda: pump_into_memory(messages, max_bytes=5, hasher=hasher)
-    )
+    result, blob, stored = run(lambda: pump_into_memory(messages, max_bytes=5, hasher=hasher))
     assert result == BodyResult(3, complete=False, overrun=True)
     # nothing past the limit was stored, and the chunk that crossed it was not hashed either
     assert blob == b"abc"
@@ -195,8 +193,6 @@ def test_stops_on_handover_while_waiting_for_bytes() -> None:
         async with locks.hold(ID):
             blob_for_newcomer = bytes(store.blobs[ID])
         await task
-        current = asyncio.current_task()
-        assert current is not None
         return seen[0], blob_for_newcomer, task.cancelling()
 
     result, blob, cancelling = run(main)

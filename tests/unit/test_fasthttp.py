@@ -1,0 +1,318 @@
+"""fasthttp: uvicorn's httptools protocol with a queued body path.
+
+The property this module exists for: every body byte that reached the server before the
+client disconnected is delivered to the application, then the disconnect. Also: bodies
+arrive exactly, in any slicing, and waiting bytes stay bounded when the app is slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+
+from tusd_py import fasthttp
+
+pytest.importorskip("httptools")
+
+
+@dataclass
+class Record:
+    path: str
+    body: bytearray = field(default_factory=bytearray)
+    messages: int = 0
+    complete: bool = False
+    disconnected: bool = False
+    #: bytes queued in the cycle, sampled after the app's initial delay
+    queued_after_delay: int | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class RecordingApp:
+    """Reads the whole body (after an optional delay), answers with its length and hash."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.delay = 0.0
+        self.lock = threading.Lock()
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                records = list(self.records)
+            if len(records) >= count and all(r.done.is_set() for r in records[:count]):
+                return records[:count]
+            time.sleep(0.01)
+        raise AssertionError(f"the app did not finish {count} requests: {self.records}")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        record = Record(scope["path"])
+        with self.lock:
+            self.records.append(record)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+                cycle = getattr(receive, "__self__", None)
+                record.queued_after_delay = getattr(cycle, "queued", None)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    record.disconnected = True
+                    return
+                record.messages += 1
+                record.body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    record.complete = True
+                    break
+            answer = f"{len(record.body)}:{hashlib.sha256(record.body).hexdigest()}".encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", str(len(answer)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": answer})
+        finally:
+            record.done.set()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(app: RecordingApp, http: Any = None) -> Iterator[int]:
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=http if http is not None else fasthttp.protocol_class(),
+        loop="asyncio",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture
+def app() -> RecordingApp:
+    return RecordingApp()
+
+
+@pytest.fixture
+def port(app: RecordingApp) -> Iterator[int]:
+    with running_server(app) as port:
+        yield port
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def request_head(path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: test", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_response(stream: Any) -> tuple[int, bytes]:
+    status_line = stream.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    status = int(status_line.split()[1])
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+    return status, stream.read(length)
+
+
+def pieces(data: bytes, rng: random.Random, largest: int = 3000) -> Iterator[bytes]:
+    position = 0
+    while position < len(data):
+        size = rng.randint(1, largest)
+        yield data[position : position + size]
+        position += size
+
+
+def expected_answer(data: bytes) -> bytes:
+    return f"{len(data)}:{hashlib.sha256(data).hexdigest()}".encode()
+
+
+def test_protocol_class_is_the_queued_httptools_protocol() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    protocol = fasthttp.protocol_class()
+    assert isinstance(protocol, type)
+    assert issubclass(protocol, HttpToolsProtocol)
+
+
+def test_body_in_many_pieces_arrives_exactly(app: RecordingApp, port: int) -> None:
+    rng = random.Random(1)
+    data = rng.randbytes(2 * 1024 * 1024 + 123)
+    with connect(port) as sock:
+        sock.sendall(request_head("/pieces", {"Content-Length": str(len(data))}))
+        for index, piece in enumerate(pieces(data, rng, largest=40_000)):
+            sock.sendall(piece)
+            if index % 50 == 0:
+                time.sleep(0.001)  # let some pieces reach the server on their own
+        status, answer = read_response(sock.makefile("rb"))
+    assert (status, answer) == (200, expected_answer(data))
+    (record,) = app.wait_for(1)
+    assert record.complete and not record.disconnected
+    assert bytes(record.body) == data
+    assert record.messages > 1  # streamed, not gathered
+
+
+def test_tiny_pieces_arrive_exactly(app: RecordingApp, port: int) -> None:
+    data = bytes(range(256)) * 4
+    with connect(port) as sock:
+        sock.sendall(request_head("/tiny", {"Content-Length": str(len(data))}))
+        for index in range(len(data)):
+            sock.sendall(data[index : index + 1])
+            if index % 64 == 0:
+                time.sleep(0.001)
+        status, answer = read_response(sock.makefile("rb"))
+    assert (status, answer) == (200, expected_answer(data))
+    assert bytes(app.wait_for(1)[0].body) == data
+
+
+def test_chunked_body_arrives_exactly(app: RecordingApp, port: int) -> None:
+    rng = random.Random(2)
+    data = rng.randbytes(300_000)
+    with connect(port) as sock:
+        sock.sendall(request_head("/chunked", {"Transfer-Encoding": "chunked"}))
+        for piece in pieces(data, rng, largest=20_000):
+            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        status, answer = read_response(sock.makefile("rb"))
+    assert (status, answer) == (200, expected_answer(data))
+    assert bytes(app.wait_for(1)[0].body) == data
+
+
+def test_expect_100_continue(app: RecordingApp, port: int) -> None:
+    data = b"x" * 5000
+    with connect(port) as sock:
+        stream = sock.makefile("rb")
+        sock.sendall(
+            request_head("/continue", {"Content-Length": str(len(data)), "Expect": "100-continue"})
+        )
+        assert stream.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert stream.readline() == b"\r\n"
+        sock.sendall(data)
+        status, answer = read_response(stream)
+    assert (status, answer) == (200, expected_answer(data))
+
+
+def test_empty_body(app: RecordingApp, port: int) -> None:
+    with connect(port) as sock:
+        sock.sendall(request_head("/empty", {"Content-Length": "0"}))
+        status, answer = read_response(sock.makefile("rb"))
+    assert (status, answer) == (200, expected_answer(b""))
+    assert app.wait_for(1)[0].complete
+
+
+def test_keep_alive_requests_each_get_their_own_body(app: RecordingApp, port: int) -> None:
+    bodies = [b"first" * 1000, b"second" * 3000, b"third"]
+    with connect(port) as sock:
+        stream = sock.makefile("rb")
+        for body in bodies:
+            sock.sendall(request_head("/keepalive", {"Content-Length": str(len(body))}) + body)
+            assert read_response(stream) == (200, expected_answer(body))
+    assert [bytes(r.body) for r in app.wait_for(3)] == bodies
+
+
+def test_pipelined_requests_each_get_their_own_body(app: RecordingApp, port: int) -> None:
+    """Two requests in one write: the second one's body arrives before its task starts."""
+    bodies = [b"A" * 1000, b"B" * 2000]
+    wire = b"".join(
+        request_head(f"/pipelined{i}", {"Content-Length": str(len(body))}) + body
+        for i, body in enumerate(bodies)
+    )
+    with connect(port) as sock:
+        sock.sendall(wire)
+        stream = sock.makefile("rb")
+        answers = [read_response(stream) for _ in bodies]
+    assert answers == [(200, expected_answer(body)) for body in bodies]
+    assert [bytes(r.body) for r in app.wait_for(2)] == bodies
+
+
+@pytest.mark.parametrize("sent_size", [30_000, 600_000, 3 * 1024 * 1024 + 7])
+def test_bytes_sent_before_a_disconnect_all_reach_the_app(
+    app: RecordingApp, port: int, sent_size: int
+) -> None:
+    """The client sends part of its body and goes away while the app is still busy: the app
+    must see every byte that was sent, then http.disconnect."""
+    app.delay = 0.5  # the app reads only after the bytes and the close have arrived
+    rng = random.Random(sent_size)
+    data = rng.randbytes(sent_size)
+    with connect(port) as sock:
+        sock.sendall(request_head("/interrupted", {"Content-Length": str(10 * sent_size)}))
+        for piece in pieces(data, rng, largest=64 * 1024):
+            sock.sendall(piece)
+        sock.shutdown(socket.SHUT_WR)  # a clean close after the last byte
+    (record,) = app.wait_for(1)
+    assert record.disconnected and not record.complete
+    assert len(record.body) == len(data)
+    assert bytes(record.body) == data
+
+
+def test_bytes_sent_before_a_disconnect_reach_an_app_that_is_reading(
+    app: RecordingApp, port: int
+) -> None:
+    rng = random.Random(3)
+    data = rng.randbytes(500_000)
+    with connect(port) as sock:
+        sock.sendall(request_head("/interrupted", {"Content-Length": str(2 * len(data))}))
+        for index, piece in enumerate(pieces(data, rng, largest=10_000)):
+            sock.sendall(piece)
+            if index % 10 == 0:
+                time.sleep(0.001)
+        time.sleep(0.1)
+    (record,) = app.wait_for(1)
+    assert record.disconnected and not record.complete
+    assert bytes(record.body) == data
+
+
+def test_waiting_bytes_stay_bounded_while_the_app_is_slow(app: RecordingApp, port: int) -> None:
+    app.delay = 1.0
+    data = random.Random(4).randbytes(12 * 1024 * 1024)
+    with connect(port) as sock:
+        sock.sendall(request_head("/slow", {"Content-Length": str(len(data))}) + data)
+        status, answer = read_response(sock.makefile("rb"))
+    assert (status, answer) == (200, expected_answer(data))
+    (record,) = app.wait_for(1)
+    assert record.queued_after_delay is not None
+    # the socket is paused once QUEUE_LIMIT bytes wait; one more socket read may land
+    assert record.queued_after_delay <= fasthttp.QUEUE_LIMIT + 256 * 1024
+    assert bytes(record.body) == data
