@@ -153,9 +153,9 @@ class ServerProcess:
                 capture_output=True,
                 timeout=60,
             )
-        log = open(self.log_path, "ab")
         env = {**os.environ, **self.env}
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 from starlette.types import Receive
+
 from tusd_protocol.checksums import Hasher
 from tusd_storage import Appender
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus, check_transition
 
 metadata_obj = sa.MetaData()

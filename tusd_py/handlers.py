@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+
 from tusd_protocol import decisions as rules
 from tusd_protocol.checksums import ALGORITHMS
 from tusd_protocol.errors import (

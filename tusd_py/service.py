@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from starlette.types import Receive
+
 from tusd_protocol import decisions as rules
 from tusd_protocol.checksums import new_hasher
 from tusd_protocol.decisions import AppendOutcome, AppendPlan, ByteRange, Headers, Limits

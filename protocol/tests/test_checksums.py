@@ -9,6 +9,7 @@ import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tusd_protocol.checksums import ALGORITHMS, Crc32, digest_of, new_hasher
 from tusd_protocol.errors import InvalidChecksum, UnsupportedChecksumAlgorithm
 

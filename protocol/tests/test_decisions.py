@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tusd_protocol import errors
 from tusd_protocol.decisions import (
     EXTENSIONS,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tusd_protocol.errors import (
     InvalidChecksum,
     InvalidConcat,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tusd_protocol.errors import ServerFault
 from tusd_protocol.state import (
     GONE_STATUSES,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tusd_storage import Capability, FileStore, FsyncPolicy, StorageError
 from tusd_storage import file as file_module
 

@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import pytest
-from tusd_storage import MemoryStore
 
 from tusd_py.body import BodyResult, pump_body
 from tusd_py.locks import HANDOVER, Holding, LocalLocks
+from tusd_storage import MemoryStore
 
 ID = "abcdefghijklmnop"
 T = TypeVar("T")

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tusd_protocol.state import Upload, UploadStatus
 
+from tusd_protocol.state import Upload, UploadStatus
 from tusd_py.cache import StateCache
 
 

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from tusd_protocol.errors import UploadLocked
 
+from tusd_protocol.errors import UploadLocked
 from tusd_py.locks import HANDOVER, Holding, LocalLocks
 
 ID = "abcdefghijklmnop"
