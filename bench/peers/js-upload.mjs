@@ -10,7 +10,7 @@ await new Promise((resolve, reject) => {
   const upload = new tus.Upload(fs.createReadStream(file), {
     endpoint,
     uploadSize: size,
-    chunkSize: Number(chunkSize),
+    chunkSize: Number(chunkSize) || Infinity,
     retryDelays: [0, 500, 1000],
     onError: reject,
     onSuccess: () => resolve(upload.url),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import hashlib
 import os
 import random
@@ -34,7 +35,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -189,6 +190,30 @@ def read_raw_response(sock: socket.socket, timeout: float) -> RawResult | None:
     return result
 
 
+#: The request trace of the first failing example of a run (a flaky failure may not replay).
+FIRST_FAILURE: list[str] = []
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def traced(method: F) -> F:
+    """On failure, attach this example's request trace (with timings) to the exception."""
+
+    @functools.wraps(method)
+    def wrapper(self: TusMachine, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except AssertionError as exc:
+            trace = "\n".join(self.trace[-60:])
+            report = f"{exc}\nrequests of this example (ms since its start):\n{trace}"
+            if not FIRST_FAILURE:
+                FIRST_FAILURE.append(report)
+            exc.add_note(f"requests of this example (ms since its start):\n{trace}")
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
 class TusMachine(RuleBasedStateMachine):
     """The model: what every upload of this example must look like on the wire and on disk."""
 
@@ -203,7 +228,12 @@ class TusMachine(RuleBasedStateMachine):
         self.deleted: dict[str, Upload] = {}
         self.server_errors: list[str] = []
         self.counter = 0
+        self.t0 = time.monotonic()
+        self.trace: list[str] = []
         STATS["examples"] += 1
+
+    def note(self, text: str) -> None:
+        self.trace.append(f"{(time.monotonic() - self.t0) * 1000:9.1f} {text}")
 
     def teardown(self) -> None:
         self.http.close()
@@ -222,13 +252,23 @@ class TusMachine(RuleBasedStateMachine):
         """One request; 5xx and transport failures fail at once, 423 is retried briefly."""
         deadline = time.monotonic() + LOCK_PATIENCE
         while True:
+            sent = self.describe(headers, content)
             try:
                 response = self.http.request(method, path, headers=headers, content=content)
             except httpx.TransportError as exc:
+                self.note(f"{method} {path}{sent} -> {exc!r}")
                 self.server_errors.append(f"{what}: {method} {path}: {exc!r}")
                 raise AssertionError(
                     f"{what}: {method} {path} broke at the transport level: {exc!r}"
                 ) from exc
+            self.note(
+                f"{method} {path}{sent} -> {response.status_code}"
+                + "".join(
+                    f" {name}={response.headers[name]}"
+                    for name in ("Upload-Offset", "Upload-Length", "Location")
+                    if name in response.headers
+                )
+            )
             STATS[f"{method} {response.status_code}"] += 1
             if response.status_code >= 500:
                 self.server_errors.append(f"{what}: {method} {path} -> {response.status_code}")
@@ -244,6 +284,17 @@ class TusMachine(RuleBasedStateMachine):
                 time.sleep(0.05)
                 continue
             return response
+
+    @staticmethod
+    def describe(headers: dict[str, str] | None, content: bytes | None) -> str:
+        shown = [
+            f"{name}={value.split(' ')[0] if name == 'Upload-Checksum' else value}"
+            for name, value in (headers or {}).items()
+            if name.startswith("Upload-") or name == "Range"
+        ]
+        if content is not None:
+            shown.append(f"body={len(content)}")
+        return f" [{' '.join(shown)}]" if shown else ""
 
     def expect(self, response: httpx.Response, status: int | Iterable[int], what: str) -> None:
         allowed = {status} if isinstance(status, int) else set(status)
@@ -303,6 +354,7 @@ class TusMachine(RuleBasedStateMachine):
     # --- rules: creation ----------------------------------------------------------------
 
     @initialize(data=st.data())
+    @traced
     def start(self, data: st.DataObject) -> None:
         """Every example starts with a few uploads, so the steps go to more than creation."""
         for _ in range(data.draw(st.integers(1, 3), label="initial uploads")):
@@ -310,6 +362,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: len(self.uploads) < MAX_LIVE)
     @rule(data=st.data())
+    @traced
     def create(self, data: st.DataObject) -> None:
         STATS["rule create"] += 1
         self._create(data)
@@ -368,6 +421,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: len(self.uploads) < MAX_LIVE and self._partials())
     @rule(data=st.data())
+    @traced
     def create_final(self, data: st.DataObject) -> None:
         STATS["rule create_final"] += 1
         labels = data.draw(
@@ -411,6 +465,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self._patchable())
     @rule(data=st.data())
+    @traced
     def patch_chunk(self, data: st.DataObject) -> None:
         STATS["rule patch_chunk"] += 1
         upload = self.pick(data, self._patchable(), "upload")
@@ -421,6 +476,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self._patchable())
     @rule(data=st.data())
+    @traced
     def finish_upload(self, data: st.DataObject) -> None:
         """PATCH the rest in one to three chunks (declaring a deferred length on the last)."""
         STATS["rule finish_upload"] += 1
@@ -454,6 +510,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self._patchable(min_rest=1))
     @rule(data=st.data())
+    @traced
     def patch_bad_checksum(self, data: st.DataObject) -> None:
         STATS["rule patch_bad_checksum"] += 1
         upload = self.pick(data, self._patchable(min_rest=1), "upload")
@@ -478,6 +535,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self._patchable())
     @rule(data=st.data())
+    @traced
     def patch_wrong_offset(self, data: st.DataObject) -> None:
         STATS["rule patch_wrong_offset"] += 1
         upload = self.pick(data, self._patchable(), "upload")
@@ -509,6 +567,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self._too_large_targets())
     @rule(data=st.data())
+    @traced
     def patch_past_length(self, data: st.DataObject) -> None:
         STATS["rule patch_past_length"] += 1
         upload = self.pick(data, self._too_large_targets(), "upload")
@@ -524,6 +583,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: any(u.kind == "final" for u in self.uploads.values()))
     @rule(data=st.data())
+    @traced
     def patch_final(self, data: st.DataObject) -> None:
         STATS["rule patch_final"] += 1
         finals = [u for u in self.uploads.values() if u.kind == "final"]
@@ -574,6 +634,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self._patchable(min_rest=1))
     @rule(data=st.data())
+    @traced
     def patch_cut(self, data: st.DataObject) -> None:
         STATS["rule patch_cut"] += 1
         upload = self.pick(data, self._patchable(min_rest=1), "upload")
@@ -589,12 +650,17 @@ class TusMachine(RuleBasedStateMachine):
         sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=10)
         try:
             sock.sendall(self._raw_patch_head(upload, declared, checksum) + intended[:sent])
+            self.note(
+                f"raw PATCH {upload.path} [Upload-Offset={upload.offset} "
+                f"Content-Length={declared} checksum={algorithm}] sent {sent} bytes"
+            )
             if mode == "pause+close":
                 time.sleep(0.05)
             if mode == "reset":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         finally:
             sock.close()
+            self.note(f"raw PATCH connection {'reset' if mode == 'reset' else 'closed'}")
 
         acked = upload.offset
         high = acked if algorithm else acked + sent
@@ -604,6 +670,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self._patchable(min_rest=1))
     @rule(data=st.data())
+    @traced
     def patch_stalled_then_head(self, data: st.DataObject) -> None:
         """A PATCH stops sending mid-body but keeps the connection; a HEAD takes it over."""
         STATS["rule patch_stalled_then_head"] += 1
@@ -618,12 +685,17 @@ class TusMachine(RuleBasedStateMachine):
         sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=10)
         try:
             sock.sendall(self._raw_patch_head(upload, declared, None) + intended[:sent])
+            self.note(
+                f"raw PATCH {upload.path} [Upload-Offset={upload.offset} "
+                f"Content-Length={declared}] sent {sent} bytes, connection kept open"
+            )
             time.sleep(0.05)  # the server is now reading the body and holds the upload
             seen = self.head_offset(upload, what)
             assert acked <= seen <= acked + sent, (
                 f"{what}: HEAD says {seen}, expected {acked}..{acked + sent}"
             )
             answer = read_raw_response(sock, timeout=10)
+            self.note(f"stalled PATCH answered: {answer}")
         except TimeoutError:
             raise AssertionError(
                 f"{what}: the stalled PATCH was not answered after the HEAD took the upload over"
@@ -646,6 +718,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.uploads)
     @rule(data=st.data())
+    @traced
     def get(self, data: st.DataObject) -> None:
         STATS["rule get"] += 1
         upload = self.pick(data, list(self.uploads.values()), "upload")
@@ -682,6 +755,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self._deletable())
     @rule(data=st.data())
+    @traced
     def delete(self, data: st.DataObject) -> None:
         STATS["rule delete"] += 1
         upload = self.pick(data, self._deletable(), "upload")
@@ -693,6 +767,7 @@ class TusMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.deleted)
     @rule(data=st.data())
+    @traced
     def use_deleted(self, data: st.DataObject) -> None:
         STATS["rule use_deleted"] += 1
         chosen = data.draw(st.sampled_from(sorted(self.deleted)), label="deleted upload")
@@ -707,10 +782,12 @@ class TusMachine(RuleBasedStateMachine):
     # --- invariants -------------------------------------------------------------------------
 
     @invariant()
+    @traced
     def no_server_errors(self) -> None:
         assert not self.server_errors, self.server_errors
 
     @invariant()
+    @traced
     def uploads_match_model(self) -> None:
         for upload in list(self.uploads.values()):
             self.check_head(upload)
@@ -810,6 +887,7 @@ class TusMachine(RuleBasedStateMachine):
 def run_machine(server: ServerProcess) -> None:
     machine = type("LiveTusMachine", (TusMachine,), {"server": server})
     STATS.clear()
+    FIRST_FAILURE.clear()
     started = time.monotonic()
     try:
         run_state_machine_as_test(
@@ -823,6 +901,8 @@ def run_machine(server: ServerProcess) -> None:
             ),
         )
     except BaseException:
+        if FIRST_FAILURE:
+            print(f"--- first failure seen (it may not have replayed) ---\n{FIRST_FAILURE[0]}")
         log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
         print(f"--- server log (last 4000 chars) ---\n{log[-4000:]}")
         raise
