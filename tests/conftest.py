@@ -190,16 +190,45 @@ class ServerProcess:
 BACKENDS = ["sqlite", "postgres"]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def _start_server(
+    request: pytest.FixtureRequest,
+    backend: str,
+    data_dir: Path,
+    extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    database_url: str | None = None,
+) -> ServerProcess:
+    if database_url is None and backend == "postgres":
+        database_url = request.getfixturevalue("postgres_databases").create()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return ServerProcess(data_dir, database_url, extra_args, env).start()
+
+
+@pytest.fixture(scope="session")
+def shared_server(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One default-configured server per backend for the whole session.
+
+    A server start costs seconds (imports, migrations); tests that need no special options
+    share this one. Every test works on uploads it creates itself, and tests run one at a
+    time, so before/after comparisons of the data directory stay exact.
+    """
+    server = _start_server(request, backend, tmp_path_factory.mktemp(f"shared-{backend}") / "d")
+    yield server
+    server.stop()
 
 
 @pytest.fixture
 def server_factory(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> Iterator[object]:
-    """Returns start(extra_args=[...], env={...}) -> ServerProcess on the test's backend."""
+    """start(extra_args=[...], env={...}) -> a fresh ServerProcess on the test's backend."""
     started: list[ServerProcess] = []
 
     def start(
@@ -208,11 +237,8 @@ def server_factory(
         data_dir: Path | None = None,
         database_url: str | None = None,
     ) -> ServerProcess:
-        if database_url is None and backend == "postgres":
-            database_url = request.getfixturevalue("postgres_databases").create()
         directory = data_dir or tmp_path / f"data-{len(started)}"
-        directory.mkdir(parents=True, exist_ok=True)
-        server = ServerProcess(directory, database_url, extra_args, env).start()
+        server = _start_server(request, backend, directory, extra_args, env, database_url)
         started.append(server)
         return server
 
@@ -222,8 +248,10 @@ def server_factory(
 
 
 @pytest.fixture
-def server(server_factory: object) -> ServerProcess:
-    return server_factory()  # type: ignore[operator, no-any-return]
+def server(shared_server: ServerProcess) -> ServerProcess:
+    if shared_server.process is None or shared_server.process.poll() is not None:
+        shared_server.start()  # a test killed it: bring it back on the same state
+    return shared_server
 
 
 TUS = {"Tus-Resumable": "1.0.0"}

@@ -16,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 
 from tusd_protocol import decisions as rules
 from tusd_protocol.checksums import ALGORITHMS
+from tusd_protocol.decisions import Headers
 from tusd_protocol.errors import (
     MethodNotAllowed,
     ProtocolError,
@@ -23,7 +24,7 @@ from tusd_protocol.errors import (
     ServiceUnavailable,
     UploadNotFound,
 )
-from tusd_protocol.headers import format_uint
+from tusd_protocol.headers import collect_headers, format_uint
 from tusd_protocol.state import Upload, UploadStatus
 
 from .proxy import own_hosts, public_origin
@@ -61,41 +62,44 @@ class TusHandlers:
     async def not_found(self, request: Request) -> Response:
         return await self._guarded(request, self._raise_not_found)
 
-    async def _raise_not_found(self, request: Request, method: str) -> Response:
+    async def _raise_not_found(self, request: Request, headers: Headers, method: str) -> Response:
         raise UploadNotFound()
 
-    async def _dispatch_collection(self, request: Request, method: str) -> Response:
+    async def _dispatch_collection(
+        self, request: Request, headers: Headers, method: str
+    ) -> Response:
         if method == "OPTIONS":
             return self.options()
         if method == "POST":
-            return await self.post(request)
+            return await self.post(request, headers)
         raise MethodNotAllowed(headers={"Allow": "POST, OPTIONS"})
 
-    async def _dispatch_upload(self, request: Request, method: str) -> Response:
+    async def _dispatch_upload(self, request: Request, headers: Headers, method: str) -> Response:
         upload_id = request.path_params["upload_id"]
         if method == "OPTIONS":
             return self.options()
         if method == "HEAD":
             return await self.head(upload_id)
         if method == "PATCH":
-            return await self.patch(request, upload_id)
+            return await self.patch(request, headers, upload_id)
         if method == "DELETE":
             return await self.delete(upload_id)
         if method == "GET":
-            return await self.get(request, upload_id)
+            return await self.get(request, headers, upload_id)
         raise MethodNotAllowed(headers={"Allow": "HEAD, PATCH, DELETE, GET, OPTIONS"})
 
     async def _guarded(
-        self, request: Request, handler: Callable[[Request, str], Awaitable[Response]]
+        self, request: Request, handler: Callable[[Request, Headers, str], Awaitable[Response]]
     ) -> Response:
         method = request.method
         try:
             if not self.started:
                 await self.ensure_started()
                 self.started = True
-            method = rules.effective_method(request.method, request.headers)
-            rules.check_tus_resumable(method, request.headers)
-            return await handler(request, method)
+            headers = collect_headers(request.headers.raw)
+            method = rules.effective_method(request.method, headers)
+            rules.check_tus_resumable(method, headers)
+            return await handler(request, headers, method)
         except ProtocolError as exc:
             return error_response(exc, request, method)
         except (OperationalError, PoolTimeout) as exc:
@@ -114,39 +118,39 @@ class TusHandlers:
         headers = rules.options_headers(self.service.limits, self.checksum_algorithms)
         return Response(status_code=200, headers={**TUS_HEADERS, **headers})
 
-    async def post(self, request: Request) -> Response:
+    async def post(self, request: Request, headers: Headers) -> Response:
         upload = await self.service.create(
-            request.headers,
+            headers,
             request.receive,
             self._base_path(request),
             own_hosts(request, self.settings.behind_proxy),
         )
-        headers = {**TUS_HEADERS, "Location": self.location(request, upload.id)}
-        headers.update(offset_headers(upload))
-        headers.update(rules.expiry_headers(upload))
-        return Response(status_code=201, headers=headers)
+        out = {**TUS_HEADERS, "Location": self.location(request, upload.id)}
+        out.update(offset_headers(upload))
+        out.update(rules.expiry_headers(upload))
+        return Response(status_code=201, headers=out)
 
     async def head(self, upload_id: str) -> Response:
         upload = await self.service.head(upload_id)
         headers = rules.head_headers(upload, self.service.clock())
         return Response(status_code=200, headers={**TUS_HEADERS, **headers})
 
-    async def patch(self, request: Request, upload_id: str) -> Response:
-        upload = await self.service.append(upload_id, request.headers, request.receive)
-        headers = {**TUS_HEADERS, "Upload-Offset": format_uint(upload.offset)}
-        headers.update(rules.expiry_headers(upload))
-        return Response(status_code=204, headers=headers)
+    async def patch(self, request: Request, headers: Headers, upload_id: str) -> Response:
+        upload = await self.service.append(upload_id, headers, request.receive)
+        out = {**TUS_HEADERS, "Upload-Offset": format_uint(upload.offset)}
+        out.update(rules.expiry_headers(upload))
+        return Response(status_code=204, headers=out)
 
     async def delete(self, upload_id: str) -> Response:
         await self.service.terminate(upload_id)
         return Response(status_code=204, headers=TUS_HEADERS)
 
-    async def get(self, request: Request, upload_id: str) -> Response:
-        download = await self.service.download(upload_id, request.headers.get("range"))
+    async def get(self, request: Request, headers: Headers, upload_id: str) -> Response:
+        download = await self.service.download(upload_id, headers.get("range"))
         upload = download.upload
         assert upload.length is not None
         etag = f'"{upload.id}-{upload.length}"'
-        headers = {
+        out = {
             **TUS_HEADERS,
             **rules.content_headers(download.metadata),
             "ETag": etag,
@@ -154,19 +158,19 @@ class TusHandlers:
             "Cache-Control": "private, max-age=0, must-revalidate",
             "X-Content-Type-Options": "nosniff",
         }
-        if request.headers.get("if-none-match") in (etag, "*"):
-            return Response(status_code=304, headers=headers)
+        if headers.get("if-none-match") in (etag, "*"):
+            return Response(status_code=304, headers=out)
         byte_range = download.byte_range
-        if_range = request.headers.get("if-range")
+        if_range = headers.get("if-range")
         if if_range is not None and if_range != etag:
             byte_range = None
         if byte_range is None:
             start, end, status = 0, upload.length, 200
         else:
             start, end, status = byte_range.start, byte_range.end + 1, 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{upload.length}"
-        headers["Content-Length"] = str(end - start)
-        return StreamingResponse(download.body(start, end), status_code=status, headers=headers)
+            out["Content-Range"] = f"bytes {start}-{end - 1}/{upload.length}"
+        out["Content-Length"] = str(end - start)
+        return StreamingResponse(download.body(start, end), status_code=status, headers=out)
 
     # --- URLs --------------------------------------------------------------------------
 

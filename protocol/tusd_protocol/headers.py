@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -39,6 +40,46 @@ def format_uint(value: int) -> str:
     if not 0 <= value <= MAX_INT:
         raise ValueError(f"{value} is not a non-negative 63-bit integer")
     return str(value)
+
+
+# --- the request's header block -------------------------------------------------------
+
+#: headers that carry one value: a second, different copy makes the request ambiguous
+SINGLE_VALUED = frozenset(
+    {
+        "tus-resumable",
+        "upload-length",
+        "upload-offset",
+        "upload-defer-length",
+        "upload-metadata",
+        "upload-concat",
+        "upload-checksum",
+        "content-type",
+        "content-length",
+        "x-http-method-override",
+        "upload-complete",
+        "upload-incomplete",
+        "upload-draft-interop-version",
+    }
+)
+
+
+def collect_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Raw (name, value) pairs -> {lower-case name: value}; the first copy of a header wins.
+
+    Two different values of a single-valued protocol header are refused rather than
+    guessed at: a client (or proxy) that sends both has a bug we should surface.
+    """
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if name in headers:
+            if name in SINGLE_VALUED and headers[name] != value:
+                raise InvalidHeader(f"{name} appears twice with different values.")
+            continue
+        headers[name] = value
+    return headers
 
 
 # --- Upload-Metadata ------------------------------------------------------------------
