@@ -117,6 +117,8 @@ class ServerProcess:
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
+        #: upload ids present before the current test began (shared servers)
+        self.uploads_baseline: set[str] = set()
 
     @property
     def base_url(self) -> str:
@@ -251,6 +253,11 @@ def server_factory(
 def server(shared_server: ServerProcess) -> ServerProcess:
     if shared_server.process is None or shared_server.process.poll() is not None:
         shared_server.start()  # a test killed it: bring it back on the same state
+    # uploads earlier tests left behind are not this test's: helpers subtract them
+    uploads = shared_server.data_dir / "uploads"
+    shared_server.uploads_baseline = (
+        {p.name for p in uploads.iterdir()} if uploads.exists() else set()
+    )
     return shared_server
 
 

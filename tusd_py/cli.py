@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reclaim the storage of every upload whose expiry has passed, then exit.",
     )
     _add_storage_options(gc)
+    gc.add_argument(
+        "--expiration",
+        type=_seconds,
+        default=None,
+        help="also reclaim unfinished uploads idle for longer than this many seconds, "
+        "whatever deadline they were given (default: only uploads past their deadline)",
+    )
     return parser
 
 
@@ -185,7 +193,7 @@ def migrate(settings: Settings) -> int:
     return 0
 
 
-def gc(settings: Settings) -> int:
+def gc(settings: Settings, args: argparse.Namespace) -> int:
     from .app import SchemaNotMigrated, build_service, prepare_database
     from .db import make_engine
 
@@ -193,7 +201,8 @@ def gc(settings: Settings) -> int:
         await prepare_database(settings)
         engine = make_engine(settings.resolved_database_url)
         try:
-            return await build_service(settings, engine).sweep_expired()
+            idle = None if args.expiration is None else timedelta(seconds=args.expiration)
+            return await build_service(settings, engine).sweep_expired(idle_for=idle)
         finally:
             await engine.dispose()
 
@@ -215,5 +224,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Alembic's plugin chatter at INFO says nothing an operator needs
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    command = {"serve": serve, "migrate": migrate, "gc": gc}[args.command]
-    return command(settings)
+    if args.command == "gc":
+        return gc(settings, args)
+    return {"serve": serve, "migrate": migrate}[args.command](settings)

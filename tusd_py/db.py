@@ -233,7 +233,13 @@ class Repository:
             )
             return [row.final_id for row in rows]
 
-    async def expired(self, now: datetime, limit: int = 500) -> list[Upload]:
+    async def expired(
+        self, now: datetime, idle_since: datetime | None = None, limit: int = 500
+    ) -> list[Upload]:
+        """Unfinished uploads past their deadline, or (idle_since) not touched since then."""
+        due = sa.and_(uploads.c.expires_at.is_not(None), uploads.c.expires_at <= now)
+        if idle_since is not None:
+            due = sa.or_(due, uploads.c.updated_at <= idle_since)
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 sa.select(uploads)
@@ -241,8 +247,7 @@ class Repository:
                     uploads.c.status.in_(
                         [UploadStatus.RECEIVING.value, UploadStatus.CONCATENATING.value]
                     ),
-                    uploads.c.expires_at.is_not(None),
-                    uploads.c.expires_at <= now,
+                    due,
                 )
                 .limit(limit)
             )

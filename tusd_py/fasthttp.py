@@ -22,6 +22,13 @@ log = logging.getLogger("tusd_py.fasthttp")
 
 #: bytes of request body that may wait for the application before the socket is paused
 QUEUE_LIMIT = 1024 * 1024
+#: request line + header block; httptools itself has no limit, so a client could make us
+#: buffer headers without end
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class HeadTooLarge(Exception):
+    pass
 
 
 def protocol_class() -> type[Any] | str:
@@ -39,13 +46,49 @@ def protocol_class() -> type[Any] | str:
         return "auto"
 
     class QueuedBodyProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        head_bytes = 0
+        head_too_large = False
+
+        def on_message_begin(self) -> None:
+            self.head_bytes = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._count_head(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_head(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def _count_head(self, size: int) -> None:
+            self.head_bytes += size
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.head_too_large = True
+                raise HeadTooLarge  # httptools reports it as a parser error
+
+        def send_400_response(self, msg: str) -> None:
+            if not self.head_too_large:
+                super().send_400_response(msg)
+                return
+            body = (
+                f"ERR_HEADER_TOO_LARGE: The request line and headers pass {MAX_HEAD_BYTES} bytes.\n"
+            ).encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: text/plain; charset=utf-8\r\n"
+                b"tus-resumable: 1.0.0\r\nconnection: close\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            self.transport.close()
+
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             _ensure_queue(cycle)
             cycle.receive = types.MethodType(_receive, cycle)
             super()._start_asgi_task(cycle, app)
 
         def on_body(self, body: bytes) -> None:
-            cycle = self.cycle
+            cycle: Any = self.cycle
             if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
                 return
             # a pipelined request's body can arrive before its task starts

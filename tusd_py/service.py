@@ -11,7 +11,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from starlette.types import Receive
 
@@ -258,16 +258,21 @@ class UploadService:
             self.cache.put(new)
             await self.store.delete(upload_id)
 
-    async def sweep_expired(self) -> int:
-        """Reclaim uploads whose deadline passed; returns how many were reclaimed."""
+    async def sweep_expired(self, idle_for: timedelta | None = None) -> int:
+        """Reclaim uploads whose deadline passed (or, with `idle_for`, that sat idle that
+        long); returns how many were reclaimed."""
         now = self.clock()
+        idle_since = None if idle_for is None else now - idle_for
         reclaimed = 0
-        for candidate in await self.repository.expired(now):
+        for candidate in await self.repository.expired(now, idle_since):
             if self.locks.is_held(candidate.id):
                 continue  # in use: activity will move its deadline
             async with self.locks.hold(candidate.id, wait=False):
                 current = await self.repository.get(candidate.id)
-                if current is None or not rules.is_expired(current, now):
+                # unchanged since the query (so still idle), or past its own deadline
+                if current is None or not (
+                    current.version == candidate.version or rules.is_expired(current, now)
+                ):
                     continue
                 new = await self.repository.transition(
                     current, status=UploadStatus.EXPIRED, expires_at=current.expires_at

@@ -96,7 +96,7 @@ def check_tus_resumable(method: str, headers: Headers) -> None:
         )
 
 
-_OVERRIDABLE = frozenset({"PATCH", "DELETE", "HEAD", "GET", "OPTIONS", "POST"})
+_OVERRIDABLE = frozenset({"PATCH", "DELETE", "HEAD", "GET", "OPTIONS"})
 
 
 def effective_method(method: str, headers: Headers) -> str:
@@ -545,6 +545,8 @@ INLINE_TYPES = frozenset(
         "audio/ogg",
         "audio/wav",
         "audio/webm",
+        "audio/mp4",
+        "video/mpeg",
         "video/mp4",
         "video/webm",
         "video/ogg",

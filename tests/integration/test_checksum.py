@@ -136,7 +136,6 @@ def test_unknown_checksum_algorithm_is_400(client: httpx.Client) -> None:
     for value in (
         "sha3 AAAA",
         "whirlpool 2jmj7l5rSw0yVb/vlWAYkK/YBwk=",
-        "SHA-1 2jmj7l5rSw0yVb/vlWAYkK/YBwk=",
         "crc32c AAAAAA==",
     ):
         response = patch(client, url, 0, b"abc", headers={"Upload-Checksum": value})
@@ -149,7 +148,7 @@ def test_malformed_checksum_is_400(client: httpx.Client) -> None:
     url = create(client, 10)
     for value in (
         "sha1",
-        "sha1 ",
+        "SHA-1 2jmj7l5rSw0yVb/vlWAYkK/YBwk=",
         "sha1 !!notbase64!!",
         "sha1:qZk+NkcGgWq6PiVxeFDCbJzQ2J0=",
         "sha1 qZk+NkcGgWq6PiVxeFDCbJzQ2J0= extra",

@@ -13,15 +13,26 @@ import pytest
 from tests.conftest import TUS, PostgresDatabases, ServerProcess
 
 SERVE_OPTIONS = [
-    "--host", "--port", "--base-path", "--data-dir", "--database-url", "--max-size",
-    "--expiration", "--cors-origins", "--behind-proxy", "--log-level",
+    "--host",
+    "--port",
+    "--base-path",
+    "--data-dir",
+    "--database-url",
+    "--max-size",
+    "--expiration",
+    "--cors-origins",
+    "--behind-proxy",
+    "--log-level",
 ]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tusd_py", *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -82,9 +93,7 @@ def test_environment_variables_configure_serve(tmp_path: Path) -> None:
     try:
         options = httpx.options(f"{server.base_url}/uploads/")
         assert options.headers["Tus-Max-Size"] == "1234"
-        created = httpx.post(
-            f"{server.base_url}/uploads/", headers={**TUS, "Upload-Length": "10"}
-        )
+        created = httpx.post(f"{server.base_url}/uploads/", headers={**TUS, "Upload-Length": "10"})
         assert created.headers["Location"].startswith(f"{server.base_url}/uploads/")
     finally:
         server.stop()

@@ -17,6 +17,7 @@ from tests.integration._wire import (
     RawConnection,
     RawResponse,
     assert_error,
+    bytes_file,
     chunked,
     create,
     offset_of,
@@ -274,3 +275,27 @@ def test_a_stalled_patch_does_not_block_other_uploads(
         assert client.get(other).content == data[:1000]
     finally:
         connection.close()
+
+
+# --- 22: a server fault is a 5xx, never a 4xx --------------------------------------------------
+
+
+def test_storage_failure_answers_5xx_and_keeps_the_offset(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    data = payload(1000, seed=30)
+    url = create(client, 1000)
+    assert patch(client, url, 0, data[:400]).status_code == 204
+    path = bytes_file(server, url)
+    saved = path.read_bytes()
+    path.unlink()
+    path.mkdir()  # the store can no longer write the upload's bytes: our fault, not the client's
+    try:
+        response = patch(client, url, 400, data[400:])
+        assert 500 <= response.status_code < 600, (response.status_code, response.text)
+        assert offset_of(client, url) == 400
+    finally:
+        path.rmdir()
+        path.write_bytes(saved)
+    upload_all(client, url, data, offset=400)
+    assert client.get(url).content == data
