@@ -148,6 +148,7 @@ class ServerProcess:
         return cmd + self.extra_args
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
+        """Migrate a PostgreSQL database (operators do this once), then launch()."""
         if self.database_url and self.database_url.startswith("postgresql"):
             subprocess.run(
                 [sys.executable, "-m", "tusd_py", "migrate", "--database-url", self.database_url],
@@ -155,6 +156,10 @@ class ServerProcess:
                 capture_output=True,
                 timeout=60,
             )
+        return self.launch(timeout)
+
+    def launch(self, timeout: float = 60.0) -> ServerProcess:
+        """Start the process on the current state and wait until /health answers."""
         env = {**os.environ, **self.env}
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,7 +32,6 @@ class Settings:
     lock_handover_timeout: float = 3.0
     #: uploads whose state the in-process cache keeps
     cache_entries: int = 100_000
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/") + "/"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
-from .checksums import ALGORITHMS, new_hasher
+from .checksums import new_hasher
 from .errors import (
     BodyExceedsLength,
     ChecksumMismatch,
@@ -134,12 +134,11 @@ def _checksum(headers: Headers) -> ChecksumHeader | None:
     if value is None:
         return None
     checksum = parse_checksum(value)
-    if checksum.algorithm not in ALGORITHMS:
-        new_hasher(checksum.algorithm)  # raises UnsupportedChecksumAlgorithm
-    if len(checksum.digest) != len(new_hasher(checksum.algorithm).digest()):
+    expected = len(new_hasher(checksum.algorithm).digest())  # raises for unknown algorithms
+    if len(checksum.digest) != expected:
         raise InvalidChecksum(
-            f"An {checksum.algorithm} digest has {len(new_hasher(checksum.algorithm).digest())}"
-            f" bytes; Upload-Checksum carries {len(checksum.digest)}."
+            f"An {checksum.algorithm} digest has {expected} bytes;"
+            f" Upload-Checksum carries {len(checksum.digest)}."
         )
     return checksum
 

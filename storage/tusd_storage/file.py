@@ -164,8 +164,8 @@ class FileAppender(Appender):
         if not self._batch:
             return
         batch, position = self._batch, self._position
+        self._position += self._batch_size
         self._batch, self._batch_size = [], 0
-        self._position += sum(map(len, batch))
         fd = self._open()
         self._pending = asyncio.ensure_future(asyncio.to_thread(_pwrite_all, fd, batch, position))
 

@@ -104,23 +104,9 @@ def assert_download_matches(url: str, size: int, sha256: str) -> httpx.Headers:
 
 def restart(server: ServerProcess, timeout: float = 60.0) -> None:
     """Starts `server` again after kill(): same port, data dir and database (already migrated,
-    so unlike ServerProcess.start() no `migrate` runs first: the crashed server comes back as
-    it is)."""
+    so no `migrate` runs first: the crashed server comes back as it is)."""
     assert server.process is not None and server.process.poll() is not None, "kill() it first"
-    env = {**os.environ, **server.env}
-    with open(server.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-        server.process = subprocess.Popen(server.command(), stdout=log, stderr=log, env=env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"restarted server exited:\n{server.log_path.read_text()}")
-        try:
-            if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"restarted server not healthy:\n{server.log_path.read_text()}")
+    server.launch(timeout)
 
 
 # --- tus-js-client through node -----------------------------------------------------------
@@ -136,7 +122,9 @@ def require_js_client() -> str:
         # the README's one test command installs the pinned client itself
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=JS_DIR, check=False, timeout=600,
+            cwd=JS_DIR,
+            check=False,
+            timeout=600,
         )
     if not installed.is_file():
         missing_service(f"tus-js-client is not installed: run `npm ci` in {JS_DIR}")
