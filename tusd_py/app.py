@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tusd_storage import FileStore
+from tusd_storage import FileStore, Store
 
 from . import migrations
 from .cache import StateCache
@@ -69,6 +70,7 @@ class Runtime:
             if self.started:
                 return
             await prepare_database(self.settings)
+            await self.service.store.open()
             if self.settings.limits.expiration is not None:
                 self._sweeper = asyncio.create_task(
                     sweep_forever(self.service, self.settings.sweep_interval)
@@ -90,16 +92,42 @@ async def sweep_forever(service: UploadService, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await service.sweep_expired()
+            await service.assemble_pending()
         except Exception:
             log.exception("expiry sweep failed; retrying in %.1f s", interval)
 
 
+def build_store(settings: Settings) -> Store:
+    if not settings.uses_s3:
+        return FileStore(settings.uploads_dir, settings.fsync)
+    from tusd_storage.s3 import S3Config, S3Store
+
+    return S3Store(
+        S3Config.from_url(
+            settings.storage,
+            endpoint=settings.s3_endpoint,
+            region=settings.s3_region,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_secure,
+            create_bucket=settings.s3_create_bucket,
+            part_size=settings.s3_part_size,
+            max_concurrent_parts=settings.s3_max_concurrent_parts,
+        )
+    )
+
+
 def build_service(settings: Settings, engine: AsyncEngine) -> UploadService:
-    store = FileStore(settings.uploads_dir, settings.fsync)
+    store = build_store(settings)
+    limits = settings.limits
+    if store.max_upload_size is not None and (
+        limits.max_size is None or limits.max_size > store.max_upload_size
+    ):
+        limits = replace(limits, max_size=store.max_upload_size)
     return UploadService(
         store,
         Repository(engine),
-        settings.limits,
+        limits,
         StateCache(settings.cache_entries),
         LocalLocks(settings.lock_acquire_timeout),
     )

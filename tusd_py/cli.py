@@ -56,6 +56,79 @@ def _add_storage_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _part_size(value: str) -> int:
+    number = _size(value)
+    if number < 5 * 1024 * 1024:
+        raise argparse.ArgumentTypeError("S3 parts must be at least 5 MiB (5242880 bytes)")
+    if number > 5 * 1024 * 1024 * 1024:
+        raise argparse.ArgumentTypeError("S3 parts must be at most 5 GiB")
+    return number
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _add_object_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        default=_env("STORAGE", "file"),
+        help="where upload bytes live: 'file' (<data-dir>/uploads) or s3://BUCKET/PREFIX "
+        "(an S3 or MinIO bucket). Env TUSD_STORAGE. Default: file",
+    )
+    parser.add_argument(
+        "--s3-endpoint",
+        default=_env("S3_ENDPOINT", "s3.amazonaws.com"),
+        help="S3 endpoint as host[:port] (or a URL; http:// implies --no-s3-secure). "
+        "Env TUSD_S3_ENDPOINT. Default: s3.amazonaws.com",
+    )
+    parser.add_argument(
+        "--s3-region",
+        default=_env("S3_REGION", "us-east-1"),
+        help="S3 region. Env TUSD_S3_REGION. Default: us-east-1",
+    )
+    parser.add_argument(
+        "--s3-access-key",
+        default=_env("S3_ACCESS_KEY", None),
+        help="S3 access key. Env TUSD_S3_ACCESS_KEY",
+    )
+    parser.add_argument(
+        "--s3-secret-key",
+        default=_env("S3_SECRET_KEY", None),
+        help="S3 secret key (prefer the environment variable). Env TUSD_S3_SECRET_KEY",
+    )
+    parser.add_argument(
+        "--s3-secure",
+        action=argparse.BooleanOptionalAction,
+        default=_env("S3_SECURE", True, _bool),
+        help="use HTTPS to reach the S3 endpoint. Env TUSD_S3_SECURE. Default: on",
+    )
+    parser.add_argument(
+        "--s3-create-bucket",
+        action=argparse.BooleanOptionalAction,
+        default=_env("S3_CREATE_BUCKET", False, _bool),
+        help="create the bucket at start when it does not exist. Env TUSD_S3_CREATE_BUCKET. "
+        "Default: off",
+    )
+    parser.add_argument(
+        "--s3-part-size",
+        type=_part_size,
+        default=_env("S3_PART_SIZE", 8 * 1024 * 1024, _part_size),
+        help="bytes per S3 part (at least 5 MiB); grown per upload so that its length fits "
+        "in 10,000 parts. Env TUSD_S3_PART_SIZE. Default: 8388608",
+    )
+    parser.add_argument(
+        "--s3-max-concurrent-parts",
+        type=_positive,
+        default=_env("S3_MAX_CONCURRENT_PARTS", 16, _positive),
+        help="part uploads in flight at once in this process; each holds one part in memory. "
+        "Env TUSD_S3_MAX_CONCURRENT_PARTS. Default: 16",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tusd-py", description="A resumable upload server (tus 1.0.0)."
@@ -86,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: /files/",
     )
     _add_storage_options(serve)
+    _add_object_store_options(serve)
     serve.add_argument(
         "--max-size",
         type=_size,
@@ -132,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reclaim the storage of every upload whose expiry has passed, then exit.",
     )
     _add_storage_options(gc)
+    _add_object_store_options(gc)
+    gc.add_argument(
+        "--orphan-age",
+        type=_seconds,
+        default=3600.0,
+        help="with S3: abort multipart uploads and remove fragments that no upload record "
+        "needs once they are this many seconds old (default: 3600)",
+    )
     gc.add_argument(
         "--expiration",
         type=_seconds,
@@ -144,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     options: dict[str, Any] = {"data_dir": args.data_dir, "database_url": args.database_url}
+    if args.command in ("serve", "gc"):
+        options.update(
+            storage=args.storage,
+            s3_endpoint=args.s3_endpoint,
+            s3_region=args.s3_region,
+            s3_access_key=args.s3_access_key,
+            s3_secret_key=args.s3_secret_key,
+            s3_secure=args.s3_secure,
+            s3_create_bucket=args.s3_create_bucket,
+            s3_part_size=args.s3_part_size,
+            s3_max_concurrent_parts=args.s3_max_concurrent_parts,
+        )
     if args.command == "serve":
         options.update(
             host=args.host,
@@ -197,21 +291,29 @@ def gc(settings: Settings, args: argparse.Namespace) -> int:
     from .app import SchemaNotMigrated, build_service, prepare_database
     from .db import make_engine
 
-    async def sweep() -> int:
+    async def sweep() -> tuple[int, int]:
         await prepare_database(settings)
         engine = make_engine(settings.resolved_database_url)
+        service = build_service(settings, engine)
         try:
+            await service.store.open()
             idle = None if args.expiration is None else timedelta(seconds=args.expiration)
-            return await build_service(settings, engine).sweep_expired(idle_for=idle)
+            reclaimed = await service.sweep_expired(idle_for=idle)
+            await service.assemble_pending()
+            orphans = await service.collect_orphans(timedelta(seconds=args.orphan_age))
+            return reclaimed, orphans
         finally:
+            await service.store.close()
             await engine.dispose()
 
     try:
-        reclaimed = asyncio.run(sweep())
+        reclaimed, orphans = asyncio.run(sweep())
     except SchemaNotMigrated as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
         return 2
     print(f"tusd-py: reclaimed {reclaimed} expired upload(s).")
+    if settings.uses_s3:
+        print(f"tusd-py: removed {orphans} orphaned multipart upload(s) or fragment set(s).")
     return 0
 
 

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus, check_transition
+from tusd_storage import EMPTY_LAYOUT, Fragment, Layout, Part
 
 metadata_obj = sa.MetaData()
 
@@ -40,6 +41,7 @@ uploads = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Index("ix_uploads_status_expires_at", "status", "expires_at"),
     sa.Index("ix_uploads_created_at", "created_at"),
+    sa.Index("ix_uploads_backend_handle", "backend_handle"),
 )
 
 upload_concat = sa.Table(
@@ -55,6 +57,43 @@ upload_concat = sa.Table(
     sa.Column("partial_id", sa.String(64), sa.ForeignKey("uploads.id"), nullable=False),
     sa.Index("ix_upload_concat_partial_id", "partial_id"),
 )
+
+#: the parts of a multipart object, recorded as they are uploaded (S3: completion reads this,
+#: never ListParts)
+upload_parts = sa.Table(
+    "upload_parts",
+    metadata_obj,
+    sa.Column(
+        "upload_id",
+        sa.String(64),
+        sa.ForeignKey("uploads.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("etag", sa.String(256), nullable=False),
+    sa.Column("checksum", sa.String(128), nullable=False),
+)
+
+#: bytes that did not fill a part yet, kept as small objects until the next part takes them
+upload_fragments = sa.Table(
+    "upload_fragments",
+    metadata_obj,
+    sa.Column(
+        "upload_id",
+        sa.String(64),
+        sa.ForeignKey("uploads.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("offset", sa.BigInteger, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+    sa.Column("checksum", sa.String(128), nullable=False),
+)
+
+
+class _LostRace(Exception):
+    """The guarded UPDATE matched no row: roll the whole transaction back."""
 
 
 def utc(moment: datetime | None) -> datetime | None:
@@ -116,11 +155,15 @@ class Repository:
         metadata: dict[str, bytes | None],
         partial_ids: Sequence[str] = (),
         now: datetime | None = None,
+        layout: Layout = EMPTY_LAYOUT,
     ) -> None:
         now = now or datetime.now(UTC)
         async with self.engine.begin() as conn:
             await conn.execute(
                 uploads.insert().values(
+                    storage_key=layout.key,
+                    backend_handle=layout.handle,
+                    part_size=layout.part_size,
                     id=upload.id,
                     status=upload.status.value,
                     offset=upload.offset,
@@ -170,8 +213,14 @@ class Repository:
         length: int | None = None,
         expires_at: datetime | None = None,
         now: datetime | None = None,
+        layout: Layout | None = None,
+        new_parts: Sequence[Part] = (),
     ) -> Upload | None:
-        """Move `old` to its next state; None when the stored record is no longer `old`."""
+        """Move `old` to its next state; None when the stored record is no longer `old`.
+
+        With `layout`, the store's record of where the bytes are (new parts, the current
+        fragments) is written in the same transaction: it and the offset move together.
+        """
         check_transition(old.status, status)
         now = now or datetime.now(UTC)
         new = Upload(
@@ -185,29 +234,151 @@ class Repository:
             expires_at=expires_at,
             version=old.version + 1,
         )
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                uploads.update()
-                .where(
-                    uploads.c.id == old.id,
-                    uploads.c.status == old.status.value,
-                    uploads.c.offset == old.offset,
-                    uploads.c.version == old.version,
+        values: dict[str, Any] = {
+            "status": new.status.value,
+            "offset": new.offset,
+            "length": new.length,
+            "expires_at": new.expires_at,
+            "updated_at": now,
+            "version": new.version,
+        }
+        if layout is not None:
+            values.update(_layout_columns(layout))
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    uploads.update()
+                    .where(
+                        uploads.c.id == old.id,
+                        uploads.c.status == old.status.value,
+                        uploads.c.offset == old.offset,
+                        uploads.c.version == old.version,
+                    )
+                    .values(**values)
                 )
-                .values(
-                    status=new.status.value,
-                    offset=new.offset,
-                    length=new.length,
-                    expires_at=new.expires_at,
-                    updated_at=now,
-                    version=new.version,
+                if result.rowcount != 1:
+                    raise _LostRace
+                if new_parts:
+                    await conn.execute(
+                        upload_parts.insert(),
+                        [
+                            {
+                                "upload_id": old.id,
+                                "number": p.number,
+                                "size": p.size,
+                                "etag": p.etag,
+                                "checksum": p.checksum,
+                            }
+                            for p in new_parts
+                        ],
+                    )
+                if layout is not None:
+                    await _replace_fragments(conn, old.id, layout.fragments)
+        except _LostRace:
+            return None
+        return new
+
+    async def layout(self, upload_id: str) -> Layout:
+        """Where the store keeps this upload's bytes (S3: key, multipart id, fragments)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(
+                        uploads.c.storage_key, uploads.c.backend_handle, uploads.c.part_size
+                    ).where(uploads.c.id == upload_id)
+                )
+            ).first()
+            if row is None:
+                return EMPTY_LAYOUT
+            fragments = await conn.execute(
+                sa.select(upload_fragments)
+                .where(upload_fragments.c.upload_id == upload_id)
+                .order_by(upload_fragments.c.offset)
+            )
+            return Layout(
+                key=row.storage_key,
+                handle=row.backend_handle,
+                part_size=row.part_size,
+                fragments=tuple(Fragment(f.offset, f.size, f.key, f.checksum) for f in fragments),
+            )
+
+    async def save_layout(self, upload_id: str, layout: Layout) -> None:
+        """Record a layout change that moves no offset (an object assembled, say)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                uploads.update().where(uploads.c.id == upload_id).values(**_layout_columns(layout))
+            )
+            await _replace_fragments(conn, upload_id, layout.fragments)
+            if layout.handle is None:
+                # the object is whole: its parts are history
+                await conn.execute(
+                    upload_parts.delete().where(upload_parts.c.upload_id == upload_id)
+                )
+
+    async def parts(self, upload_id: str) -> list[Part]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(upload_parts)
+                .where(upload_parts.c.upload_id == upload_id)
+                .order_by(upload_parts.c.number)
+            )
+            return [Part(r.number, r.size, r.etag, r.checksum) for r in rows]
+
+    async def unassembled(self, limit: int = 100) -> list[str]:
+        """Finished uploads whose object is not whole yet (their assembly failed)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(uploads.c.id)
+                .where(
+                    uploads.c.status == UploadStatus.FINISHED.value,
+                    uploads.c.backend_handle.is_not(None),
+                )
+                .limit(limit)
+            )
+            return [row.id for row in rows]
+
+    async def live_handles(self, handles: Sequence[str]) -> set[str]:
+        """Which of these multipart upload ids belong to an upload we still keep."""
+        if not handles:
+            return set()
+        found: set[str] = set()
+        async with self.engine.connect() as conn:
+            for start in range(0, len(handles), 500):
+                rows = await conn.execute(
+                    sa.select(uploads.c.backend_handle).where(
+                        uploads.c.backend_handle.in_(handles[start : start + 500]),
+                        uploads.c.status.in_(
+                            [
+                                UploadStatus.RECEIVING.value,
+                                UploadStatus.CONCATENATING.value,
+                                UploadStatus.FINISHED.value,
+                            ]
+                        ),
+                    )
+                )
+                found.update(row.backend_handle for row in rows)
+        return found
+
+    async def receiving(self, upload_ids: Sequence[str]) -> set[str]:
+        """Which of these uploads are still receiving bytes (and so may own fragments)."""
+        if not upload_ids:
+            return set()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(uploads.c.id).where(
+                    uploads.c.id.in_(list(upload_ids)),
+                    uploads.c.status == UploadStatus.RECEIVING.value,
                 )
             )
-        return new if result.rowcount == 1 else None
+            return {row.id for row in rows}
 
     async def delete(self, upload_id: str) -> None:
         """Forget an upload entirely (only for one whose creation failed)."""
         async with self.engine.begin() as conn:
+            await conn.execute(upload_parts.delete().where(upload_parts.c.upload_id == upload_id))
+            await conn.execute(
+                upload_fragments.delete().where(upload_fragments.c.upload_id == upload_id)
+            )
             await conn.execute(upload_concat.delete().where(upload_concat.c.final_id == upload_id))
             await conn.execute(uploads.delete().where(uploads.c.id == upload_id))
 
@@ -252,3 +423,29 @@ class Repository:
                 .limit(limit)
             )
             return [_row_to_upload(row) for row in rows]
+
+
+def _layout_columns(layout: Layout) -> dict[str, Any]:
+    return {
+        "storage_key": layout.key,
+        "backend_handle": layout.handle,
+        "part_size": layout.part_size,
+    }
+
+
+async def _replace_fragments(conn: Any, upload_id: str, fragments: Sequence[Fragment]) -> None:
+    await conn.execute(upload_fragments.delete().where(upload_fragments.c.upload_id == upload_id))
+    if fragments:
+        await conn.execute(
+            upload_fragments.insert(),
+            [
+                {
+                    "upload_id": upload_id,
+                    "offset": f.offset,
+                    "size": f.size,
+                    "key": f.key,
+                    "checksum": f.checksum,
+                }
+                for f in fragments
+            ],
+        )

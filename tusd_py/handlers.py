@@ -26,6 +26,7 @@ from tusd_protocol.errors import (
 )
 from tusd_protocol.headers import collect_headers, format_uint
 from tusd_protocol.state import Upload, UploadStatus
+from tusd_storage import StorageError
 
 from .proxy import own_hosts, public_origin
 from .service import UploadService
@@ -108,6 +109,18 @@ class TusHandlers:
         except DBAPIError:
             log.exception("database error")
             return error_response(ServerFault(), request, method)
+        except StorageError as exc:
+            # the object store failed or refused what we sent: our side, and likely passing
+            log.warning("storage failed in %s %s: %s", method, request.url.path, exc)
+            return error_response(
+                ServiceUnavailable(
+                    "The storage did not accept the bytes; nothing past the last acknowledged "
+                    "offset was kept. Retry shortly.",
+                    headers={"Retry-After": "2"},
+                ),
+                request,
+                method,
+            )
         except Exception:
             log.exception("unexpected error in %s %s", method, request.url.path)
             return error_response(ServerFault(), request, method)

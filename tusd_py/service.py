@@ -20,7 +20,7 @@ from tusd_protocol.checksums import new_hasher
 from tusd_protocol.decisions import AppendOutcome, AppendPlan, ByteRange, Headers, Limits
 from tusd_protocol.errors import PartialNotFound, ProtocolError, ServerFault, UploadNotFound
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
-from tusd_storage import Store
+from tusd_storage import EMPTY_LAYOUT, Layout, Source, Store, Stored
 
 from .body import pump_body
 from .cache import StateCache
@@ -41,6 +41,9 @@ class Download:
     metadata: dict[str, bytes | None]
     byte_range: ByteRange | None
     body: Callable[[int, int], AsyncIterator[bytes]]
+
+
+_NOTHING_STORED = Stored(0)
 
 
 class UploadService:
@@ -92,12 +95,22 @@ class UploadService:
         assert upload.length is not None
         metadata = await self.repository.metadata(upload_id)
         byte_range = rules.parse_range(range_header, upload.length)
+        layout = await self._layout(upload_id)
+        if layout.handle is not None:
+            # finished, but its assembly failed earlier (the store was down): finish it now
+            async with self.locks.hold(upload_id):
+                layout = await self._assemble(upload)
         return Download(
             upload,
             metadata,
             byte_range,
-            lambda start, end: self.store.read(upload_id, start, end),
+            lambda start, end: self.store.read(upload_id, start, end, layout),
         )
+
+    async def _layout(self, upload_id: str) -> Layout:
+        if not self.store.uses_layout:
+            return EMPTY_LAYOUT
+        return await self.repository.layout(upload_id)
 
     # --- creating ----------------------------------------------------------------------
 
@@ -134,15 +147,15 @@ class UploadService:
             concat_header=plan.concat_header,
             expires_at=rules.next_expiry(self.limits, now, status),
         )
-        await self.store.create(upload.id, length)
+        layout = await self.store.create(upload.id, length)
         try:
-            await self.repository.insert(upload, plan.metadata, partial_ids, now)
+            await self.repository.insert(upload, plan.metadata, partial_ids, now, layout)
         except BaseException:
-            await self.store.delete(upload.id)
+            await self.store.delete(upload.id, layout)
             raise
-        if status is UploadStatus.FINISHED:
-            await self.store.finish(upload.id, 0)
         self.cache.put(upload)
+        if status is UploadStatus.FINISHED:
+            await self._assemble(upload)
 
         if plan.concat_kind is ConcatKind.FINAL and rules.final_ready(partials):
             async with self.locks.hold(upload.id):
@@ -159,8 +172,9 @@ class UploadService:
 
     async def _discard(self, upload: Upload) -> None:
         self.cache.forget(upload.id)
+        layout = await self._layout(upload.id)
         await self.repository.delete(upload.id)
-        await self.store.delete(upload.id)
+        await self.store.delete(upload.id, layout)
 
     # --- appending ---------------------------------------------------------------------
 
@@ -175,7 +189,10 @@ class UploadService:
     async def _receive(
         self, upload: Upload, plan: AppendPlan, receive: Receive, holding: Holding
     ) -> Upload:
-        appender = self.store.appender(upload.id, plan.offset)
+        layout = await self._layout(upload.id)
+        plan = rules.limit_to_store_room(plan, self.store.room(layout, plan.offset))
+        length = upload.length if upload.length is not None else plan.declare_length
+        appender = self.store.appender(upload.id, plan.offset, layout, length)
         hasher = new_hasher(plan.checksum.algorithm) if plan.checksum else None
         try:
             body = await pump_body(receive, appender, plan.max_bytes, hasher, holding)
@@ -187,17 +204,18 @@ class UploadService:
             await appender.abort()
             raise
         outcome = rules.conclude_append(
-            upload, plan, stored, body.complete, hasher.digest() if hasher else None
+            upload, plan, stored.size, body.complete, hasher.digest() if hasher else None
         )
-        return await self._commit_append(upload, outcome)
+        # bytes that do not count (an interrupted chunk with a checksum) leave no record
+        return await self._commit_append(upload, outcome, stored if outcome.kept else None)
 
-    async def _commit_append(self, upload: Upload, outcome: AppendOutcome) -> Upload:
+    async def _commit_append(
+        self, upload: Upload, outcome: AppendOutcome, stored: Stored | None
+    ) -> Upload:
         if upload.status is UploadStatus.FINISHED:
             return upload  # an empty PATCH at the end of a finished upload changes nothing
         now = self.clock()
-        if outcome.new_status is UploadStatus.FINISHED:
-            assert outcome.new_length is not None
-            await self.store.finish(upload.id, outcome.new_length)
+        stored = stored if stored is not None and self.store.uses_layout else None
         new = await self.repository.transition(
             upload,
             status=outcome.new_status,
@@ -205,14 +223,33 @@ class UploadService:
             length=outcome.new_length,
             expires_at=rules.next_expiry(self.limits, now, outcome.new_status),
             now=now,
+            layout=stored.layout if stored else None,
+            new_parts=stored.new_parts if stored else (),
         )
         if new is None:
             self.cache.forget(upload.id)
             raise ServerFault("The upload changed under this request; nothing was acknowledged.")
         self.cache.put(new)
-        if new.status is UploadStatus.FINISHED and new.is_partial:
-            await self._complete_waiting_finals(new.id)
+        if stored is not None:
+            await self.store.discard(stored.obsolete)
+        if new.status is UploadStatus.FINISHED:
+            # committed first, assembled second: a failed assembly is retried (GET, sweeper)
+            # from the recorded parts, and no acknowledged byte depends on it
+            await self._assemble(new)
+            if new.is_partial:
+                await self._complete_waiting_finals(new.id)
         return new
+
+    async def _assemble(self, upload: Upload) -> Layout:
+        """Make a finished upload's bytes whole in the store (S3: complete the multipart
+        upload from the recorded parts); idempotent. Call with the upload's lock held."""
+        assert upload.length is not None
+        layout = await self._layout(upload.id)
+        parts = await self.repository.parts(upload.id) if layout.handle is not None else []
+        new_layout = await self.store.finish(upload.id, upload.length, layout, parts)
+        if self.store.uses_layout and new_layout != layout:
+            await self.repository.save_layout(upload.id, new_layout)
+        return new_layout
 
     # --- concatenation -----------------------------------------------------------------
 
@@ -230,12 +267,17 @@ class UploadService:
         partials = [found[i] for i in ids if i in found]
         if len(partials) != len(ids) or not rules.final_ready(partials):
             return final
-        sources = [(p.id, p.length or 0) for p in partials]
-        length = sum(size for _, size in sources)
-        await self.store.concatenate(final.id, sources)
-        await self.store.finish(final.id, length)
+        sources = [Source(p.id, p.length or 0, await self._layout(p.id)) for p in partials]
+        length = sum(source.length for source in sources)
+        layout = await self.store.concatenate(final.id, sources, await self._layout(final.id))
+        layout = await self.store.finish(final.id, length, layout)
         new = await self.repository.transition(
-            final, status=UploadStatus.FINISHED, offset=length, length=length, now=self.clock()
+            final,
+            status=UploadStatus.FINISHED,
+            offset=length,
+            length=length,
+            now=self.clock(),
+            layout=layout if self.store.uses_layout else None,
         )
         if new is None:
             self.cache.forget(final.id)
@@ -251,12 +293,13 @@ class UploadService:
         async with self.locks.hold(upload_id):
             upload = await self.load(upload_id)
             rules.check_available(upload, self.clock())
+            layout = await self._layout(upload_id)
             new = await self.repository.transition(upload, status=UploadStatus.TERMINATED)
             if new is None:
                 self.cache.forget(upload_id)
                 raise ServerFault("The upload changed while it was being terminated.")
             self.cache.put(new)
-            await self.store.delete(upload_id)
+            await self.store.delete(upload_id, layout)
 
     async def sweep_expired(self, idle_for: timedelta | None = None) -> int:
         """Reclaim uploads whose deadline passed (or, with `idle_for`, that sat idle that
@@ -274,14 +317,39 @@ class UploadService:
                     current.version == candidate.version or rules.is_expired(current, now)
                 ):
                     continue
+                layout = await self._layout(current.id)
                 new = await self.repository.transition(
                     current, status=UploadStatus.EXPIRED, expires_at=current.expires_at
                 )
                 if new is None:
                     continue
                 self.cache.put(new)
-                await self.store.delete(current.id)
+                await self.store.delete(current.id, layout)
                 reclaimed += 1
         if reclaimed:
             log.info("reclaimed %d expired uploads", reclaimed)
         return reclaimed
+
+    async def assemble_pending(self) -> int:
+        """Finish the assembly of finished uploads whose assembly failed before (the store
+        was unreachable); returns how many were assembled."""
+        if not self.store.uses_layout:
+            return 0
+        assembled = 0
+        for upload_id in await self.repository.unassembled():
+            if self.locks.is_held(upload_id):
+                continue
+            async with self.locks.hold(upload_id, wait=False):
+                upload = await self.repository.get(upload_id)
+                if upload is None or upload.status is not UploadStatus.FINISHED:
+                    continue
+                await self._assemble(upload)
+                assembled += 1
+        return assembled
+
+    async def collect_orphans(self, min_age: timedelta) -> int:
+        """Remove what the store holds that no upload we keep refers to (S3: multipart
+        uploads and fragments left by crashes or by a lost database); returns the count."""
+        return await self.store.collect_garbage(
+            self.repository.live_handles, self.repository.receiving, min_age
+        )

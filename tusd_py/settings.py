@@ -32,11 +32,35 @@ class Settings:
     lock_handover_timeout: float = 3.0
     #: uploads whose state the in-process cache keeps
     cache_entries: int = 100_000
+    #: "file" (a directory under data_dir) or "s3://BUCKET/PREFIX"
+    storage: str = "file"
+    #: host[:port] of the S3 endpoint (a URL with http:// or https:// also sets s3_secure)
+    s3_endpoint: str = "s3.amazonaws.com"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_secure: bool = True
+    s3_create_bucket: bool = False
+    #: preferred part size; grown per upload so that a known length needs <= 10,000 parts
+    s3_part_size: int = 8 * 1024 * 1024
+    #: part uploads in flight at once in this process (each holds one part in memory)
+    s3_max_concurrent_parts: int = 16
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/") + "/"
         object.__setattr__(self, "base_path", "/" if base == "//" else base)
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        endpoint = self.s3_endpoint
+        for scheme, secure in (("https://", True), ("http://", False)):
+            if endpoint.startswith(scheme):
+                object.__setattr__(self, "s3_endpoint", endpoint[len(scheme) :].rstrip("/"))
+                object.__setattr__(self, "s3_secure", secure)
+        if self.storage != "file" and not self.storage.startswith("s3://"):
+            raise ValueError(f"storage must be 'file' or s3://BUCKET/PREFIX, not {self.storage!r}")
+
+    @property
+    def uses_s3(self) -> bool:
+        return self.storage.startswith("s3://")
 
     @property
     def limits(self) -> Limits:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
@@ -35,6 +35,7 @@ from .errors import (
     ProtocolError,
     RangeNotSatisfiable,
     ServerFault,
+    StorageRoomExceeded,
     UnsupportedMediaType,
     UnsupportedVersion,
     UploadGone,
@@ -196,6 +197,8 @@ class AppendPlan:
     #: Upload-Length declared on this request for a deferred upload
     declare_length: int | None = None
     checksum: ChecksumHeader | None = None
+    #: max_bytes was lowered to what the store can still take (see limit_to_store_room)
+    store_limited: bool = False
 
 
 def decide_append(upload: Upload, headers: Headers, limits: Limits, now: datetime) -> AppendPlan:
@@ -252,8 +255,34 @@ def _too_much(length: int | None, limits: Limits) -> EntityTooLarge:
     )
 
 
+def limit_to_store_room(plan: AppendPlan, room: int | None) -> AppendPlan:
+    """A store may not grow an upload of unknown length without bound (S3: at most 10,000
+    parts of a size fixed when the upload was created). `room` is how many more bytes it
+    can take; a declared length or a body past that is 413, and nothing is stored."""
+    if room is None:
+        return plan
+    limit = plan.offset + room
+    if plan.declare_length is not None and plan.declare_length > limit:
+        raise _past_store_room(limit)
+    if plan.max_bytes is not None and plan.max_bytes <= room:
+        return plan
+    if plan.body_length is not None and plan.body_length > room:
+        raise _past_store_room(limit)
+    return replace(plan, max_bytes=room, store_limited=True)
+
+
+def _past_store_room(limit: int) -> StorageRoomExceeded:
+    return StorageRoomExceeded(
+        f"This upload can hold at most {limit} bytes: its length was not declared when it "
+        f"was created, and the storage sized it for that many. Declare Upload-Length at "
+        f"creation to send more; nothing of this request was stored."
+    )
+
+
 def body_overrun(plan: AppendPlan, upload_length: int | None, limits: Limits) -> EntityTooLarge:
     """The error for a body (without Content-Length) that kept coming past plan.max_bytes."""
+    if plan.store_limited:
+        return _past_store_room(plan.offset + (plan.max_bytes or 0))
     return _too_much(
         plan.declare_length if plan.declare_length is not None else upload_length, limits
     )

@@ -172,6 +172,11 @@ class EntityTooLarge(ProtocolError):
     default_message = "The upload is larger than this server accepts."
 
 
+class StorageRoomExceeded(EntityTooLarge):
+    code = "ERR_STORAGE_ROOM_EXCEEDED"
+    default_message = "The storage cannot hold this upload past its size limit."
+
+
 class BodyExceedsLength(EntityTooLarge):
     code = "ERR_BODY_EXCEEDS_LENGTH"
     default_message = "The body would pass the declared Upload-Length; nothing was stored."

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tusd_storage import Capability, FileStore, FsyncPolicy, StorageError
+from tusd_storage import Capability, FileStore, FsyncPolicy, Source, StorageError
 from tusd_storage import file as file_module
 
 ID = "abcdefghijklmnop"
@@ -35,7 +35,7 @@ async def _append(store: FileStore, upload_id: str, offset: int, chunks: Sequenc
     appender = store.appender(upload_id, offset)
     for chunk in chunks:
         await appender.write(chunk)
-    return await appender.close()
+    return (await appender.close()).size
 
 
 def append(store: FileStore, upload_id: str, offset: int, chunks: Sequence[bytes]) -> int:
@@ -184,7 +184,11 @@ def test_concatenate_copies_sources_in_order(store: FileStore) -> None:
         create(store, upload_id, len(data))
         append(store, upload_id, 0, [data])
     create(store, ID, None)
-    sources = [("bbbbbbbbbbbbbbbb", 7), ("aaaaaaaaaaaaaaaa", 6), ("bbbbbbbbbbbbbbbb", 7)]
+    sources = [
+        Source("bbbbbbbbbbbbbbbb", 7),
+        Source("aaaaaaaaaaaaaaaa", 6),
+        Source("bbbbbbbbbbbbbbbb", 7),
+    ]
     asyncio.run(store.concatenate(ID, sources))
     assert read_all(store, ID, 0, 20) == b"second-first-second-"
     assert store.path(ID).stat().st_size == 20
@@ -194,7 +198,9 @@ def test_concatenate_copies_only_the_recorded_length(store: FileStore) -> None:
     create(store, "aaaaaaaaaaaaaaaa")
     append(store, "aaaaaaaaaaaaaaaa", 0, [b"keepGARBAGE"])
     create(store, ID)
-    asyncio.run(store.concatenate(ID, [("aaaaaaaaaaaaaaaa", 4), ("aaaaaaaaaaaaaaaa", 4)]))
+    asyncio.run(
+        store.concatenate(ID, [Source("aaaaaaaaaaaaaaaa", 4), Source("aaaaaaaaaaaaaaaa", 4)])
+    )
     assert store.path(ID).read_bytes() == b"keepkeep"
 
 
@@ -203,7 +209,7 @@ def test_concatenate_replaces_what_the_target_held(store: FileStore) -> None:
     append(store, "aaaaaaaaaaaaaaaa", 0, [b"xy"])
     create(store, ID)
     append(store, ID, 0, [b"old bytes of a failed attempt"])
-    asyncio.run(store.concatenate(ID, [("aaaaaaaaaaaaaaaa", 2)]))
+    asyncio.run(store.concatenate(ID, [Source("aaaaaaaaaaaaaaaa", 2)]))
     assert store.path(ID).read_bytes() == b"xy"
 
 
@@ -215,7 +221,9 @@ def test_concatenate_of_large_sources(store: FileStore) -> None:
     append(store, "bbbbbbbbbbbbbbbb", 0, [two])
     create(store, ID)
     asyncio.run(
-        store.concatenate(ID, [("aaaaaaaaaaaaaaaa", len(one)), ("bbbbbbbbbbbbbbbb", len(two))])
+        store.concatenate(
+            ID, [Source("aaaaaaaaaaaaaaaa", len(one)), Source("bbbbbbbbbbbbbbbb", len(two))]
+        )
     )
     assert store.path(ID).read_bytes() == one + two
 
@@ -225,7 +233,7 @@ def test_concatenate_of_a_short_source_raises_storage_error(store: FileStore) ->
     append(store, "aaaaaaaaaaaaaaaa", 0, [b"abc"])
     create(store, ID)
     with pytest.raises(StorageError):
-        asyncio.run(store.concatenate(ID, [("aaaaaaaaaaaaaaaa", 10)]))
+        asyncio.run(store.concatenate(ID, [Source("aaaaaaaaaaaaaaaa", 10)]))
 
 
 def test_delete_removes_the_file_and_is_idempotent(store: FileStore) -> None:
@@ -332,7 +340,7 @@ def test_memory_does_not_grow_with_upload_size(tmp_path: Path) -> None:
             chunk = index.to_bytes(4, "big") * (chunk_size // 4)
             expected.update(chunk)
             await appender.write(chunk)
-        return await appender.close()
+        return (await appender.close()).size
 
     tracemalloc.start()
     try:

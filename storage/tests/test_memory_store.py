@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tusd_storage import Capability, MemoryStore, StorageError
+from tusd_storage import Capability, MemoryStore, Source, StorageError
 
 ID = "abcdefghijklmnop"
 
@@ -26,7 +26,7 @@ async def _append(store: MemoryStore, upload_id: str, offset: int, chunks: Seque
     appender = store.appender(upload_id, offset)
     for chunk in chunks:
         await appender.write(chunk)
-    return await appender.close()
+    return (await appender.close()).size
 
 
 def append(store: MemoryStore, upload_id: str, offset: int, chunks: Sequence[bytes]) -> int:
@@ -94,7 +94,7 @@ def test_concatenate_copies_sources_in_order_with_repeats() -> None:
     store = new_store(a, b, ID)
     append(store, a, 0, [b"first-junk"])
     append(store, b, 0, [b"second-"])
-    asyncio.run(store.concatenate(ID, [(b, 7), (a, 6), (b, 7)]))
+    asyncio.run(store.concatenate(ID, [Source(b, 7), Source(a, 6), Source(b, 7)]))
     assert read_all(store, ID, 0, 100) == b"second-first-second-"
 
 
@@ -103,14 +103,14 @@ def test_concatenate_replaces_what_the_target_held() -> None:
     store = new_store(a, ID)
     append(store, a, 0, [b"xy"])
     append(store, ID, 0, [b"old"])
-    asyncio.run(store.concatenate(ID, [(a, 2)]))
+    asyncio.run(store.concatenate(ID, [Source(a, 2)]))
     assert bytes(store.blobs[ID]) == b"xy"
 
 
 def test_concatenate_of_a_missing_source_raises_storage_error() -> None:
     store = new_store()
     with pytest.raises(StorageError):
-        asyncio.run(store.concatenate(ID, [("missingmissingmi", 1)]))
+        asyncio.run(store.concatenate(ID, [Source("missingmissingmi", 1)]))
 
 
 def test_delete_is_idempotent() -> None:

@@ -1,15 +1,34 @@
 """Where tusd-py keeps upload bytes: a directory (FileStore), S3/MinIO, or memory (tests)."""
 
-from .base import Appender, Capability, StorageError, Store
+from .base import (
+    EMPTY_LAYOUT,
+    Appender,
+    Capability,
+    Fragment,
+    Layout,
+    Part,
+    Source,
+    StorageError,
+    StorageLimitExceeded,
+    Store,
+    Stored,
+)
 from .file import FileStore, FsyncPolicy
 from .memory import MemoryStore
 
 __all__ = [
+    "EMPTY_LAYOUT",
     "Appender",
     "Capability",
     "FileStore",
+    "Fragment",
     "FsyncPolicy",
+    "Layout",
     "MemoryStore",
+    "Part",
+    "Source",
     "StorageError",
+    "StorageLimitExceeded",
     "Store",
+    "Stored",
 ]

@@ -2,13 +2,23 @@
 
 Stores declare capabilities; the server advertises and offers only what the configured
 store declares (tusd's composable stores, in Python).
+
+A store that spreads an upload over several objects (S3: parts and fragments) describes
+where the bytes are with a `Layout`. The store never writes that record itself: it hands
+back what changed (`Stored`), and the server commits it in the same database transaction
+that moves the upload's offset, so the record and the offset can never disagree.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+#: given some ids, answers which of them the state database still needs
+LiveFilter = Callable[[list[str]], Awaitable[set[str]]]
 
 
 class Capability(enum.StrEnum):
@@ -24,51 +34,172 @@ class StorageError(Exception):
     """The store failed; nothing the client sent was wrong."""
 
 
+class StorageLimitExceeded(StorageError):
+    """The upload would grow past what the store can hold for it (a 413, not a fault)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One uploaded part of a multipart object, as recorded in the state database."""
+
+    number: int
+    size: int
+    etag: str
+    #: base64 MD5 of the part's bytes: the Content-MD5 the object store verified
+    checksum: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """Bytes that did not fill a part when their request ended, kept as a small object."""
+
+    #: the upload offset of the fragment's first byte
+    offset: int
+    size: int
+    key: str
+    #: base64 MD5 of the fragment's bytes
+    checksum: str
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a store keeps one upload's bytes, beyond what the upload record says.
+
+    FileStore and MemoryStore need none of it (the empty layout). For S3: the object key,
+    the multipart upload id while the object is being assembled (None once it is whole),
+    the fixed part size, and the pending fragments in offset order.
+    """
+
+    key: str | None = None
+    handle: str | None = None
+    part_size: int | None = None
+    fragments: tuple[Fragment, ...] = field(default=())
+
+    @property
+    def fragments_size(self) -> int:
+        return sum(fragment.size for fragment in self.fragments)
+
+
+EMPTY_LAYOUT = Layout()
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What one appender stored; committed together with the upload's new offset."""
+
+    #: bytes stored at the appender's offset
+    size: int
+    #: the upload's layout with these bytes in it
+    layout: Layout = EMPTY_LAYOUT
+    #: parts uploaded by this request, to record
+    new_parts: tuple[Part, ...] = ()
+    #: objects that the new layout no longer needs, to remove once the commit is done
+    obsolete: tuple[str, ...] = ()
+
+
 class Appender(abc.ABC):
     """One request's writes to one upload, starting at a fixed offset.
 
-    `write` may buffer; `close` makes every written byte durable and returns how many bytes
-    were stored. After an error nothing past the last durable byte may be counted.
+    `write` may buffer; `close` makes every written byte durable and reports what it stored.
+    After an error nothing past the last durable byte may be counted.
     """
 
     @abc.abstractmethod
     async def write(self, chunk: bytes) -> None: ...
 
     @abc.abstractmethod
-    async def close(self) -> int:
-        """Flush and persist; returns the number of bytes this appender stored."""
+    async def close(self) -> Stored:
+        """Flush and persist; says how many bytes this appender stored, and where."""
 
     @abc.abstractmethod
     async def abort(self) -> None:
         """Give up: release resources; written bytes need not be kept."""
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A finished upload that a concatenation reads from."""
+
+    upload_id: str
+    length: int
+    layout: Layout = EMPTY_LAYOUT
+
+
 class Store(abc.ABC):
     capabilities: frozenset[Capability] = frozenset()
+    #: True when the store keeps a Layout per upload that the server must record and load
+    uses_layout: bool = False
+    #: the largest upload the store can hold (None: no limit of its own)
+    max_upload_size: int | None = None
 
     @abc.abstractmethod
-    async def create(self, upload_id: str, length: int | None) -> None:
+    async def create(self, upload_id: str, length: int | None) -> Layout:
         """Prepare room for a new upload (length None when deferred)."""
 
     @abc.abstractmethod
-    def appender(self, upload_id: str, offset: int) -> Appender:
-        """Writes that start at `offset`, the upload's current committed offset."""
+    def appender(
+        self,
+        upload_id: str,
+        offset: int,
+        layout: Layout = EMPTY_LAYOUT,
+        length: int | None = None,
+    ) -> Appender:
+        """Writes that start at `offset`, the upload's current committed offset.
+
+        `length` is the upload's length when known (or declared by this request), so that
+        a store can tell the last bytes from the others.
+        """
+
+    def room(self, layout: Layout, offset: int) -> int | None:
+        """How many more bytes an upload of unknown length can take (None: unbounded)."""
+        return None
 
     @abc.abstractmethod
-    def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+    def read(
+        self, upload_id: str, start: int, end: int, layout: Layout = EMPTY_LAYOUT
+    ) -> AsyncIterator[bytes]:
         """Stream bytes [start, end) of a finished upload without holding them all."""
 
     @abc.abstractmethod
-    async def concatenate(self, upload_id: str, sources: Sequence[tuple[str, int]]) -> None:
-        """Fill `upload_id` with the bytes of each (source id, length) in order."""
+    async def concatenate(
+        self, upload_id: str, sources: Sequence[Source], layout: Layout = EMPTY_LAYOUT
+    ) -> Layout:
+        """Fill `upload_id` with the bytes of each source in order; returns its layout."""
 
     @abc.abstractmethod
-    async def finish(self, upload_id: str, length: int) -> None:
-        """Every byte has arrived: make the upload whole and durable."""
+    async def finish(
+        self,
+        upload_id: str,
+        length: int,
+        layout: Layout = EMPTY_LAYOUT,
+        parts: Sequence[Part] = (),
+    ) -> Layout:
+        """Every byte has arrived (and is recorded): make the upload whole and durable.
+
+        Runs after the finished state is committed, and may run again if it failed, so it
+        must be idempotent. `parts` are the recorded parts, in order.
+        """
 
     @abc.abstractmethod
-    async def delete(self, upload_id: str) -> None:
+    async def delete(self, upload_id: str, layout: Layout = EMPTY_LAYOUT) -> None:
         """Free the upload's storage; deleting what is not there is not an error."""
+
+    async def discard(self, keys: Sequence[str]) -> None:
+        """Remove objects a committed layout no longer needs (best effort)."""
+
+    async def open(self) -> None:
+        """Check the store is usable before the first request (bucket, credentials)."""
+
+    async def collect_garbage(
+        self, live_handles: LiveFilter, receiving: LiveFilter, min_age: timedelta
+    ) -> int:
+        """Remove what the store holds for uploads the database no longer knows (or no
+        longer needs), left at least `min_age` ago; returns how many things were removed."""
+        return 0
 
     async def close(self) -> None:
         """Release the store's own resources at shutdown."""

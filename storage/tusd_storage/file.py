@@ -14,7 +14,17 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from .base import Appender, Capability, StorageError, Store
+from .base import (
+    EMPTY_LAYOUT,
+    Appender,
+    Capability,
+    Layout,
+    Part,
+    Source,
+    StorageError,
+    Store,
+    Stored,
+)
 
 BATCH_BYTES = 1024 * 1024
 READ_BLOCK = 1024 * 1024
@@ -45,18 +55,27 @@ class FileStore(Store):
             raise StorageError(f"invalid upload id {upload_id!r}")
         return self.directory / upload_id
 
-    async def create(self, upload_id: str, length: int | None) -> None:
+    async def create(self, upload_id: str, length: int | None) -> Layout:
         def make() -> None:
             fd = os.open(self.path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             os.close(fd)
             self._sync_directory()
 
         await asyncio.to_thread(make)
+        return EMPTY_LAYOUT
 
-    def appender(self, upload_id: str, offset: int) -> Appender:
+    def appender(
+        self,
+        upload_id: str,
+        offset: int,
+        layout: Layout = EMPTY_LAYOUT,
+        length: int | None = None,
+    ) -> Appender:
         return FileAppender(self.path(upload_id), offset, self.fsync)
 
-    async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read(
+        self, upload_id: str, start: int, end: int, layout: Layout = EMPTY_LAYOUT
+    ) -> AsyncIterator[bytes]:
         try:
             fd = await asyncio.to_thread(os.open, self.path(upload_id), os.O_RDONLY)
         except FileNotFoundError as exc:
@@ -74,19 +93,28 @@ class FileStore(Store):
         finally:
             os.close(fd)
 
-    async def concatenate(self, upload_id: str, sources: Sequence[tuple[str, int]]) -> None:
+    async def concatenate(
+        self, upload_id: str, sources: Sequence[Source], layout: Layout = EMPTY_LAYOUT
+    ) -> Layout:
         def copy() -> None:
             with open(self.path(upload_id), "r+b") as target:
                 target.truncate(0)
                 out_fd = target.fileno()
-                for source_id, length in sources:
-                    with open(self.path(source_id), "rb") as source:
-                        _copy_range(source.fileno(), out_fd, length)
+                for source in sources:
+                    with open(self.path(source.upload_id), "rb") as handle:
+                        _copy_range(handle.fileno(), out_fd, source.length)
                 os.fsync(out_fd)
 
         await asyncio.to_thread(copy)
+        return layout
 
-    async def finish(self, upload_id: str, length: int) -> None:
+    async def finish(
+        self,
+        upload_id: str,
+        length: int,
+        layout: Layout = EMPTY_LAYOUT,
+        parts: Sequence[Part] = (),
+    ) -> Layout:
         def settle() -> None:
             # bytes a discarded request wrote past the end must not survive in the file
             with open(self.path(upload_id), "r+b") as handle:
@@ -96,8 +124,9 @@ class FileStore(Store):
                     os.fsync(handle.fileno())
 
         await asyncio.to_thread(settle)
+        return layout
 
-    async def delete(self, upload_id: str) -> None:
+    async def delete(self, upload_id: str, layout: Layout = EMPTY_LAYOUT) -> None:
         def remove() -> None:
             try:
                 os.unlink(self.path(upload_id))
@@ -169,7 +198,7 @@ class FileAppender(Appender):
         fd = self._open()
         self._pending = asyncio.ensure_future(asyncio.to_thread(_pwrite_all, fd, batch, position))
 
-    async def close(self) -> int:
+    async def close(self) -> Stored:
         try:
             await self._submit()
             if self._pending is not None:
@@ -179,7 +208,7 @@ class FileAppender(Appender):
                 await asyncio.to_thread(os.fsync, self._fd)
         finally:
             self._close_fd()
-        return self._position - self._start
+        return Stored(self._position - self._start)
 
     async def abort(self) -> None:
         self._batch = []

@@ -72,7 +72,7 @@ async def pump_into_memory(
         await appender.close()
     appender = store.appender(ID, offset)
     result = await pump_body(FakeReceive(messages), appender, max_bytes, hasher, Holding(ID))
-    stored = await appender.close()
+    stored = (await appender.close()).size
     return result, bytes(store.blobs[ID]), stored
 
 

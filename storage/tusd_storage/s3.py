@@ -1,0 +1,645 @@
+"""S3Store: an upload is one S3 multipart upload, cut into equal parts.
+
+- One multipart upload per tus upload, created with the upload. Its part size is fixed
+  when the upload is created (`part_size_for`): every part but the last has exactly that
+  size, which stores that demand equal parts accept, and a known length never needs more
+  than 10,000 parts.
+- Each part is sent with Content-MD5 (every S3 implementation verifies it) and, where the
+  endpoint verifies it, x-amz-checksum-sha256. The part's number, size, ETag and MD5 go
+  back to the server, which records them in the same transaction that moves the offset;
+  completion uses that record, never ListParts.
+- Bytes that do not fill a part when a request ends are put as a fragment object under
+  `<prefix>.fragments/<upload id>/`, recorded likewise, and folded into the next part.
+  Nothing lives only in one server's memory or on its disk between requests.
+- Memory: a request holds at most one part being filled plus one being sent; part uploads
+  are limited per process (`max_concurrent_parts`), whatever the upload size.
+
+minio is synchronous: every S3 call runs in this store's own thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from . import s3api
+from .base import (
+    EMPTY_LAYOUT,
+    Appender,
+    Capability,
+    Fragment,
+    Layout,
+    LiveFilter,
+    Part,
+    Source,
+    StorageError,
+    Store,
+    Stored,
+)
+
+log = logging.getLogger("tusd_storage.s3")
+
+MiB = 1024 * 1024
+#: S3's limits: parts but the last at least 5 MiB, at most 5 GiB, at most 10,000 of them
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MiB
+DEFAULT_PART_SIZE = 8 * MiB
+#: fragments an upload may collect before the next one is merged with them into one
+MAX_FRAGMENTS = 8
+READ_BLOCK = 1024 * 1024
+FRAGMENTS_DIR = ".fragments/"
+
+T = TypeVar("T")
+
+
+def part_size_for(length: int | None, preferred: int = DEFAULT_PART_SIZE) -> int:
+    """The part size of a new upload: the preferred size, grown (in whole MiB) until the
+    known length fits in 10,000 parts."""
+    size = max(preferred, MIN_PART_SIZE)
+    if length is not None and -(-length // MAX_PARTS) > size:
+        size = -(-length // MAX_PARTS)
+        size = -(-size // MiB) * MiB
+    return min(size, MAX_PART_SIZE)
+
+
+def md5_base64(data: bytes | bytearray | memoryview) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str
+    #: key prefix for every object of ours ("" or ending in "/")
+    prefix: str = ""
+    #: host[:port] of the S3 endpoint
+    endpoint: str = "s3.amazonaws.com"
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = None
+    secure: bool = True
+    create_bucket: bool = False
+    part_size: int = DEFAULT_PART_SIZE
+    #: part uploads in flight at once in this process; bounds memory (each holds a part)
+    max_concurrent_parts: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ValueError("the S3 store needs a bucket")
+        if self.part_size < MIN_PART_SIZE or self.part_size > MAX_PART_SIZE:
+            raise ValueError(
+                f"the S3 part size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes"
+            )
+        if self.max_concurrent_parts < 1:
+            raise ValueError("at least one part upload must be allowed at a time")
+        prefix = self.prefix.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        object.__setattr__(self, "prefix", prefix)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> S3Config:
+        """`s3://BUCKET/PREFIX` plus the connection options."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"expected s3://BUCKET/PREFIX, got {url!r}")
+        return cls(bucket=parts.netloc, prefix=unquote(parts.path.lstrip("/")), **options)
+
+
+class S3Store(Store):
+    capabilities = frozenset(
+        {Capability.CONCATENATION, Capability.RANGE_READS, Capability.DEFERRED_LENGTH}
+    )
+    uses_layout = True
+    max_upload_size = MAX_OBJECT_SIZE
+
+    def __init__(self, config: S3Config, client: Minio | None = None) -> None:
+        self.config = config
+        workers = config.max_concurrent_parts + 8
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tusd-s3")
+        self.client = client or Minio(
+            config.endpoint,
+            access_key=config.access_key,
+            secret_key=config.secret_key,
+            secure=config.secure,
+            region=config.region,
+            http_client=urllib3.PoolManager(
+                maxsize=workers,
+                timeout=urllib3.Timeout(connect=10, read=300),
+                retries=urllib3.Retry(
+                    total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+                ),
+            ),
+        )
+        self._part_slots = asyncio.Semaphore(config.max_concurrent_parts)
+        #: whether the endpoint verifies x-amz-checksum-sha256 (found out by open())
+        self.verifies_sha256 = False
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking S3 call in our pool; S3 failures become StorageError."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(function, *args))
+        except (S3Error, s3api.CompleteFailed, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"S3 {getattr(function, '__name__', 'call')}: {exc}") from exc
+
+    def key(self, upload_id: str) -> str:
+        if not upload_id or "/" in upload_id:
+            raise StorageError(f"invalid upload id {upload_id!r}")
+        return self.config.prefix + upload_id
+
+    def fragments_prefix(self, upload_id: str) -> str:
+        return (
+            f"{self.config.prefix}{FRAGMENTS_DIR}{self.key(upload_id)[len(self.config.prefix) :]}/"
+        )
+
+    def fragment_key(self, upload_id: str, offset: int, size: int) -> str:
+        return f"{self.fragments_prefix(upload_id)}{offset:020d}-{size}"
+
+    @property
+    def bucket(self) -> str:
+        return self.config.bucket
+
+    async def open(self) -> None:
+        """Check the bucket (create it when asked) and learn what the endpoint verifies."""
+        exists = await self.run(self.client.bucket_exists, self.bucket)
+        if not exists:
+            if not self.config.create_bucket:
+                raise StorageError(
+                    f"bucket {self.bucket!r} does not exist; create it or pass --s3-create-bucket"
+                )
+            await self.run(self.client.make_bucket, self.bucket)
+        self.verifies_sha256 = await self.run(self._probe_sha256)
+        log.info(
+            "S3 store s3://%s/%s on %s: parts of %d bytes, Content-MD5%s",
+            self.bucket,
+            self.config.prefix,
+            self.config.endpoint,
+            self.config.part_size,
+            " and x-amz-checksum-sha256" if self.verifies_sha256 else "",
+        )
+
+    def _probe_sha256(self) -> bool:
+        """Put a tiny object with a wrong x-amz-checksum-sha256: an endpoint that refuses it
+        checks the header (so we send it); one that takes it ignores it (so we do not)."""
+        key = f"{self.config.prefix}{FRAGMENTS_DIR}.probe-checksum"
+        wrong = base64.b64encode(hashlib.sha256(b"something else").digest()).decode()
+        try:
+            s3api.put_object(
+                self.client, self.bucket, key, b"probe", {"x-amz-checksum-sha256": wrong}
+            )
+        except S3Error:
+            return True
+        with contextlib.suppress(S3Error):
+            self.client.remove_object(self.bucket, key)
+        return False
+
+    def checksum_headers(self, data: bytes | bytearray | memoryview) -> tuple[str, dict[str, str]]:
+        """Content-MD5 (recorded) and, where verified, x-amz-checksum-sha256."""
+        md5 = md5_base64(data)
+        headers = {"Content-MD5": md5}
+        if self.verifies_sha256:
+            headers["x-amz-checksum-sha256"] = base64.b64encode(
+                hashlib.sha256(data).digest()
+            ).decode("ascii")
+        return md5, headers
+
+    # --- the store interface -----------------------------------------------------------
+
+    async def create(self, upload_id: str, length: int | None) -> Layout:
+        key = self.key(upload_id)
+        if length == 0:
+            await self.run(self._put, key, b"")
+            return Layout(key=key)
+        headers = {"Content-Type": "application/octet-stream"}
+        if self.verifies_sha256:
+            headers["x-amz-checksum-algorithm"] = "SHA256"
+        handle = await self.run(
+            s3api.create_multipart_upload, self.client, self.bucket, key, headers
+        )
+        return Layout(
+            key=key, handle=handle, part_size=part_size_for(length, self.config.part_size)
+        )
+
+    def appender(
+        self,
+        upload_id: str,
+        offset: int,
+        layout: Layout = EMPTY_LAYOUT,
+        length: int | None = None,
+    ) -> Appender:
+        return S3Appender(self, upload_id, offset, layout, length)
+
+    def room(self, layout: Layout, offset: int) -> int | None:
+        if layout.part_size is None:
+            return None
+        return max(MAX_PARTS * layout.part_size - offset, 0)
+
+    async def read(
+        self, upload_id: str, start: int, end: int, layout: Layout = EMPTY_LAYOUT
+    ) -> AsyncIterator[bytes]:
+        if end <= start:
+            return
+        key = layout.key or self.key(upload_id)
+        response = await self.run(
+            functools.partial(self.client.get_object, offset=start, length=end - start),
+            self.bucket,
+            key,
+        )
+        try:
+            position = start
+            while position < end:
+                block = await self.run(response.read, min(READ_BLOCK, end - position))
+                if not block:
+                    raise StorageError(f"object {key} ends at {position}, expected {end}")
+                position += len(block)
+                yield block
+        finally:
+            response.close()
+            response.release_conn()
+
+    async def concatenate(
+        self, upload_id: str, sources: Sequence[Source], layout: Layout = EMPTY_LAYOUT
+    ) -> Layout:
+        """Assemble the final object in equal parts: a part inside one source is copied by
+        the server (UploadPartCopy); a part that spans sources is streamed through us."""
+        key = layout.key or self.key(upload_id)
+        total = sum(source.length for source in sources)
+        if layout.handle is None:
+            return layout  # already assembled
+        if total == 0:
+            await self.run(self._put, key, b"")
+            await self.run(
+                s3api.abort_multipart_upload, self.client, self.bucket, key, layout.handle
+            )
+            return replace(layout, handle=None)
+        part_size = part_size_for(total, self.config.part_size)
+        spans: list[tuple[str, int, int]] = []  # (source key, first byte, end) in order
+        for source in sources:
+            if source.length:
+                spans.append((source.layout.key or self.key(source.upload_id), 0, source.length))
+
+        async def one_part(number: int, pieces: list[tuple[str, int, int]]) -> Part:
+            async with self._part_slots:
+                if len(pieces) == 1:
+                    source_key, first, end = pieces[0]
+                    etag = await self.run(
+                        s3api.upload_part_copy,
+                        self.client,
+                        self.bucket,
+                        key,
+                        layout.handle,
+                        number,
+                        source_key,
+                        first,
+                        end - 1,
+                    )
+                    return Part(number, end - first, etag, "")
+                return await self.run(self._stream_part, key, layout.handle, number, pieces)
+
+        jobs = []
+        for number, pieces in enumerate(_cut(spans, part_size), start=1):
+            jobs.append(one_part(number, pieces))
+        parts = await asyncio.gather(*jobs)
+        await self._complete(key, layout.handle, parts, total)
+        return replace(layout, handle=None, part_size=part_size, fragments=())
+
+    def _stream_part(
+        self, key: str, handle: str, number: int, pieces: list[tuple[str, int, int]]
+    ) -> Part:
+        data = bytearray()
+        for source_key, first, end in pieces:
+            data += self._get(source_key, first, end - first)
+        md5, headers = self.checksum_headers(data)
+        etag = s3api.upload_part(self.client, self.bucket, key, handle, number, data, headers)
+        return Part(number, len(data), etag, md5)
+
+    async def finish(
+        self,
+        upload_id: str,
+        length: int,
+        layout: Layout = EMPTY_LAYOUT,
+        parts: Sequence[Part] = (),
+    ) -> Layout:
+        if layout.handle is None or layout.key is None:
+            return layout  # whole already (zero length, concatenated, or finished before)
+        parts = list(parts)
+        if layout.fragments:
+            # the length was declared after the last bytes came: they are the last part
+            async with self._part_slots:
+                parts.append(await self.run(self._fragments_as_part, layout, len(parts) + 1))
+        await self._complete(layout.key, layout.handle, parts, length)
+        await self._remove_fragments(upload_id)
+        return replace(layout, handle=None, fragments=())
+
+    def _fragments_as_part(self, layout: Layout, number: int) -> Part:
+        assert layout.key is not None and layout.handle is not None
+        data = self.fetch_fragments(layout.fragments)
+        md5, headers = self.checksum_headers(data)
+        etag = s3api.upload_part(
+            self.client, self.bucket, layout.key, layout.handle, number, data, headers
+        )
+        return Part(number, len(data), etag, md5)
+
+    async def _complete(self, key: str, handle: str, parts: Sequence[Part], length: int) -> None:
+        numbers = [part.number for part in parts]
+        if numbers != list(range(1, len(parts) + 1)) or sum(p.size for p in parts) != length:
+            raise StorageError(
+                f"the recorded parts of {key} do not add up to {length} bytes in order"
+            )
+        completed = [s3api.CompletedPart(p.number, p.etag) for p in parts]
+        try:
+            await self.run(
+                s3api.complete_multipart_upload, self.client, self.bucket, key, handle, completed
+            )
+        except StorageError as exc:
+            # a completion that went through but whose answer was lost: the object is there
+            if not await self._object_has_size(key, length):
+                raise
+            log.info("multipart upload of %s was already complete (%s)", key, exc)
+
+    async def _object_has_size(self, key: str, length: int) -> bool:
+        try:
+            stat = await self.run(self.client.stat_object, self.bucket, key)
+        except StorageError:
+            return False
+        return stat.size == length
+
+    async def delete(self, upload_id: str, layout: Layout = EMPTY_LAYOUT) -> None:
+        key = layout.key or self.key(upload_id)
+        if layout.handle is not None:
+            try:
+                await self.run(
+                    s3api.abort_multipart_upload, self.client, self.bucket, key, layout.handle
+                )
+            except StorageError as exc:
+                if not _is_missing(exc):
+                    raise
+        await self.run(self.client.remove_object, self.bucket, key)
+        await self._remove_fragments(upload_id)
+
+    async def discard(self, keys: Sequence[str]) -> None:
+        if keys:
+            try:
+                await self.run(self._remove_keys, list(keys))
+            except StorageError as exc:  # harmless: completion and deletion sweep the prefix
+                log.warning("could not remove %d obsolete fragment(s): %s", len(keys), exc)
+
+    async def _remove_fragments(self, upload_id: str) -> None:
+        prefix = self.fragments_prefix(upload_id)
+        await self.run(self._remove_prefix, prefix)
+
+    async def collect_garbage(
+        self, live_handles: LiveFilter, receiving: LiveFilter, min_age: timedelta
+    ) -> int:
+        """Abort multipart uploads under our prefix that no upload record names, and remove
+        the fragments of uploads that are no longer receiving bytes."""
+        removed = 0
+        cutoff = datetime.now(UTC) - min_age
+        open_uploads = await self.run(
+            lambda: list(s3api.list_multipart_uploads(self.client, self.bucket, self.config.prefix))
+        )
+        live = await live_handles([u.upload_id for u in open_uploads])
+        for upload in open_uploads:
+            if upload.upload_id in live:
+                continue
+            if upload.initiated is not None and upload.initiated > cutoff:
+                continue  # perhaps an upload being created right now
+            try:
+                await self.run(
+                    s3api.abort_multipart_upload,
+                    self.client,
+                    self.bucket,
+                    upload.key,
+                    upload.upload_id,
+                )
+            except StorageError as exc:
+                if not _is_missing(exc):
+                    raise
+            log.info("aborted orphaned multipart upload %s of %s", upload.upload_id, upload.key)
+            removed += 1
+        owners = await self.run(self._fragment_owners, cutoff)
+        still_receiving = await receiving(sorted(owners))
+        for upload_id in sorted(owners - still_receiving):
+            await self._remove_fragments(upload_id)
+            removed += 1
+        return removed
+
+    def _fragment_owners(self, cutoff: datetime) -> set[str]:
+        """Upload ids with fragment objects older than `cutoff`."""
+        prefix = self.config.prefix + FRAGMENTS_DIR
+        found = set()
+        for item in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+            rest = (item.object_name or "")[len(prefix) :]
+            modified = item.last_modified
+            if "/" in rest and (modified is None or modified <= cutoff):
+                found.add(rest.split("/", 1)[0])
+        return found
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- blocking helpers (run in the pool) --------------------------------------------
+
+    def _put(self, key: str, data: bytes | bytearray) -> str:
+        """PutObject with our checksum headers; returns the MD5 the endpoint verified."""
+        md5, headers = self.checksum_headers(data)
+        s3api.put_object(self.client, self.bucket, key, data, headers)
+        return md5
+
+    def _get(self, key: str, offset: int, length: int) -> bytes:
+        response = self.client.get_object(self.bucket, key, offset=offset, length=length)
+        try:
+            data = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        if len(data) != length:
+            raise StorageError(f"object {key} gave {len(data)} bytes, expected {length}")
+        return data
+
+    def fetch_fragments(
+        self, fragments: Sequence[Fragment], tail: bytes | bytearray = b""
+    ) -> bytearray:
+        """The fragments' bytes in order (each checked against its recorded MD5), then tail."""
+        data = bytearray()
+        for fragment in fragments:
+            block = self._get(fragment.key, 0, fragment.size)
+            if md5_base64(block) != fragment.checksum:
+                raise StorageError(f"fragment {fragment.key} does not match its recorded MD5")
+            data += block
+        data += tail
+        return data
+
+    def _remove_keys(self, keys: list[str]) -> None:
+        from minio.deleteobjects import DeleteObject
+
+        errors = list(self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]))
+        if errors:
+            raise StorageError(f"could not remove {len(errors)} object(s): {errors[0]}")
+
+    def _remove_prefix(self, prefix: str) -> None:
+        keys = [
+            item.object_name
+            for item in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            if item.object_name
+        ]
+        if keys:
+            self._remove_keys(keys)
+
+
+def _is_missing(exc: StorageError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, S3Error) and cause.code in ("NoSuchUpload", "NoSuchKey")
+
+
+def _cut(spans: Sequence[tuple[str, int, int]], part_size: int) -> list[list[tuple[str, int, int]]]:
+    """Cut the concatenation of `spans` into parts of `part_size` (the last may be shorter),
+    each part a list of (key, first, end) pieces."""
+    parts: list[list[tuple[str, int, int]]] = []
+    current: list[tuple[str, int, int]] = []
+    room = part_size
+    for key, first, end in spans:
+        position = first
+        while position < end:
+            take = min(room, end - position)
+            current.append((key, position, position + take))
+            position += take
+            room -= take
+            if room == 0:
+                parts.append(current)
+                current, room = [], part_size
+    if current:
+        parts.append(current)
+    return parts
+
+
+class S3Appender(Appender):
+    """One request's bytes into an S3 upload: whole parts as they fill, the rest a fragment.
+
+    While one part is being sent (in a worker thread), the next one is being filled, so the
+    client is read at full speed; at most one part per request is in flight.
+    """
+
+    def __init__(
+        self, store: S3Store, upload_id: str, offset: int, layout: Layout, length: int | None
+    ) -> None:
+        if layout.key is None or layout.part_size is None or layout.handle is None:
+            raise StorageError(f"upload {upload_id} has no open multipart upload")
+        self._store = store
+        self._upload_id = upload_id
+        self._layout = layout
+        self._key = layout.key
+        self._handle = layout.handle
+        self._part_size = layout.part_size
+        self._offset = offset
+        self._length = length
+        self._fragments = list(layout.fragments)
+        self._fragments_size = layout.fragments_size
+        parts_end = offset - self._fragments_size
+        if parts_end < 0 or parts_end % self._part_size:
+            raise StorageError(
+                f"upload {upload_id}: offset {offset} does not match its recorded parts "
+                f"and fragments"
+            )
+        self._next_number = parts_end // self._part_size + 1
+        self._buffer = bytearray()
+        self._written = 0
+        self._new_parts: list[Part] = []
+        self._obsolete: list[str] = []
+        self._inflight: asyncio.Future[Part] | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            room = self._part_size - self._fragments_size - len(self._buffer)
+            taken = view[:room]
+            self._buffer += taken
+            self._written += len(taken)
+            view = view[len(taken) :]
+            if len(self._buffer) + self._fragments_size == self._part_size:
+                await self._send_part()
+
+    async def _send_part(self) -> None:
+        await self._settle()
+        fragments, buffer = tuple(self._fragments), self._buffer
+        self._fragments, self._fragments_size, self._buffer = [], 0, bytearray()
+        number = self._next_number
+        self._next_number += 1
+        self._obsolete.extend(f.key for f in fragments)
+        await self._store._part_slots.acquire()
+        self._inflight = asyncio.ensure_future(self._upload(number, fragments, buffer))
+
+    async def _upload(
+        self, number: int, fragments: tuple[Fragment, ...], buffer: bytearray
+    ) -> Part:
+        try:
+            return await self._store.run(self._upload_sync, number, fragments, buffer)
+        finally:
+            self._store._part_slots.release()
+
+    def _upload_sync(self, number: int, fragments: tuple[Fragment, ...], buffer: bytearray) -> Part:
+        data = self._store.fetch_fragments(fragments, buffer) if fragments else buffer
+        md5, headers = self._store.checksum_headers(data)
+        etag = s3api.upload_part(
+            self._store.client, self._store.bucket, self._key, self._handle, number, data, headers
+        )
+        return Part(number, len(data), etag, md5)
+
+    async def _settle(self) -> None:
+        """Wait for the part in flight and record it."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            self._new_parts.append(await inflight)
+
+    async def close(self) -> Stored:
+        await self._settle()
+        end = self._offset + self._written
+        pending = self._fragments_size + len(self._buffer)
+        if pending and self._length is not None and end == self._length:
+            await self._send_part()  # the upload's last bytes: the (short) last part
+            await self._settle()
+        elif self._buffer:
+            await self._save_fragment(end)
+        layout = replace(self._layout, fragments=tuple(self._fragments))
+        return Stored(self._written, layout, tuple(self._new_parts), tuple(self._obsolete))
+
+    async def _save_fragment(self, end: int) -> None:
+        buffer, self._buffer = self._buffer, bytearray()
+        if len(self._fragments) >= MAX_FRAGMENTS:
+            # too many small objects to fetch later: merge them with the new bytes into one
+            merged, self._fragments = self._fragments, []
+            start = merged[0].offset
+            self._obsolete.extend(f.key for f in merged)
+            data = await self._store.run(self._store.fetch_fragments, merged, buffer)
+        else:
+            start, data = end - len(buffer), buffer
+        key = self._store.fragment_key(self._upload_id, start, len(data))
+        async with self._store._part_slots:
+            md5 = await self._store.run(self._store._put, key, data)
+        self._fragments.append(Fragment(start, len(data), key, md5))
+        self._fragments_size += len(data)
+
+    async def abort(self) -> None:
+        self._buffer = bytearray()
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            with contextlib.suppress(Exception):
+                await asyncio.shield(inflight)
