@@ -1,7 +1,16 @@
-"""Shared fixtures: real tusd-py server processes on free ports, on SQLite and PostgreSQL.
+"""Shared fixtures: real tusd-py server processes on free ports.
 
-With TUSD_TEST_REQUIRE_SERVICES=1 (as in CI) a missing PostgreSQL, Redis or node fails the
-test instead of skipping it, so a green run means every backend was exercised.
+Backends: the state database and the byte store a server runs on.
+- "sqlite", "postgres": that database, bytes in a directory (the file store).
+- "s3-rgw": PostgreSQL, bytes in Ceph's RADOS Gateway (a production S3 server).
+- "s3-moto": SQLite, bytes in moto's S3 server (quick; checks no checksums).
+- "s3-external": PostgreSQL, bytes in the S3 server named by TUSD_TEST_S3_ENDPOINT.
+The suite starts the S3 servers itself. Modules opt in to the S3 backends with
+`pytestmark = pytest.mark.s3_too`; tests that look at the file store's files say
+`@pytest.mark.file_store`.
+
+With TUSD_TEST_REQUIRE_SERVICES=1 (as in CI) a missing PostgreSQL, Redis, RGW or node fails
+the test instead of skipping it, so a green run means every backend was exercised.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -119,6 +129,8 @@ class ServerProcess:
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         #: upload ids present before the current test began (shared servers)
         self.uploads_baseline: set[str] = set()
+        #: (S3 endpoint, key prefix) when the server stores bytes in S3
+        self.s3: tuple[Any, str] | None = None
 
     @property
     def base_url(self) -> str:
@@ -194,12 +206,108 @@ class ServerProcess:
         return self.process.pid
 
 
-BACKENDS = ["sqlite", "postgres"]
+FILE_BACKENDS = ["sqlite", "postgres"]
+S3_BACKENDS = ["s3-rgw", "s3-moto"] + (
+    ["s3-external"] if os.environ.get("TUSD_TEST_S3_ENDPOINT") else []
+)
+BACKENDS = FILE_BACKENDS + S3_BACKENDS
+#: the state database each backend runs on
+STATE_DATABASE = {
+    "sqlite": "sqlite",
+    "postgres": "postgres",
+    "s3-rgw": "postgres",
+    "s3-moto": "sqlite",
+    "s3-external": "postgres",
+}
+TEST_BUCKET = "tusd-test"
+#: the smallest part S3 allows, so that tests cross part boundaries with few bytes
+TEST_PART_SIZE = 5 * 1024 * 1024
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """S3 backends run only where a module opted in, and never for file-store tests."""
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        chosen = callspec.params.get("backend") if callspec is not None else None
+        on_s3 = isinstance(chosen, str) and chosen.startswith("s3")
+        if on_s3:
+            wanted = (
+                item.get_closest_marker("s3_too") is not None
+                or item.get_closest_marker("s3_only") is not None
+            ) and item.get_closest_marker("file_store") is None
+        else:
+            wanted = item.get_closest_marker("s3_only") is None
+        (keep if wanted else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+class S3Fleet:
+    """The S3 servers of this test session, started when first asked for."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.servers: dict[str, Any] = {}
+        self.endpoints: dict[str, Any] = {}
+
+    def endpoint(self, backend: str) -> Any:
+        from tests import s3_servers
+
+        if backend in self.endpoints:
+            return self.endpoints[backend]
+        if backend == "s3-external":
+            endpoint = s3_servers.external_endpoint()
+        elif backend == "s3-rgw":
+            reason = s3_servers.tools_available_rgw()
+            if reason:
+                missing_service(reason)
+            server = s3_servers.start_rgw(self.workdir / "rgw", free_port())
+            self.servers[backend] = server
+            endpoint = server.endpoint
+        else:
+            server = s3_servers.start_moto(self.workdir / "moto", free_port())
+            self.servers[backend] = server
+            endpoint = server.endpoint
+        client = endpoint.client()
+        if not client.bucket_exists(TEST_BUCKET):
+            client.make_bucket(TEST_BUCKET)
+        self.endpoints[backend] = endpoint
+        return endpoint
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Fleet]:
+    fleet = S3Fleet(tmp_path_factory.mktemp("s3"))
+    yield fleet
+    fleet.stop()
+
+
+def s3_arguments(endpoint: Any, prefix: str) -> tuple[list[str], dict[str, str]]:
+    """Command-line options and environment for a server storing under `prefix`."""
+    args = [
+        "--storage",
+        f"s3://{TEST_BUCKET}/{prefix}",
+        "--s3-endpoint",
+        endpoint.url,
+        "--s3-region",
+        endpoint.region,
+        "--s3-part-size",
+        str(TEST_PART_SIZE),
+    ]
+    env = {"TUSD_S3_ACCESS_KEY": endpoint.access_key, "TUSD_S3_SECRET_KEY": endpoint.secret_key}
+    return args, env
 
 
 def _start_server(
@@ -210,10 +318,20 @@ def _start_server(
     env: dict[str, str] | None = None,
     database_url: str | None = None,
 ) -> ServerProcess:
-    if database_url is None and backend == "postgres":
+    if database_url is None and STATE_DATABASE[backend] == "postgres":
         database_url = request.getfixturevalue("postgres_databases").create()
     data_dir.mkdir(parents=True, exist_ok=True)
-    return ServerProcess(data_dir, database_url, extra_args, env).start()
+    s3: tuple[Any, str] | None = None
+    if backend.startswith("s3") and "--storage" not in (extra_args or []):
+        endpoint = request.getfixturevalue("s3_fleet").endpoint(backend)
+        prefix = f"{uuid.uuid4().hex[:12]}/"
+        s3_args, s3_env = s3_arguments(endpoint, prefix)
+        extra_args = s3_args + list(extra_args or [])
+        env = {**s3_env, **(env or {})}
+        s3 = (endpoint, prefix)
+    server = ServerProcess(data_dir, database_url, extra_args, env)
+    server.s3 = s3
+    return server.start()
 
 
 @pytest.fixture(scope="session")
@@ -259,11 +377,30 @@ def server(shared_server: ServerProcess) -> ServerProcess:
     if shared_server.process is None or shared_server.process.poll() is not None:
         shared_server.start()  # a test killed it: bring it back on the same state
     # uploads earlier tests left behind are not this test's: helpers subtract them
-    uploads = shared_server.data_dir / "uploads"
-    shared_server.uploads_baseline = (
-        {p.name for p in uploads.iterdir()} if uploads.exists() else set()
-    )
+    shared_server.uploads_baseline = stored_upload_ids(shared_server)
     return shared_server
+
+
+def stored_upload_ids(server: ServerProcess) -> set[str]:
+    """Ids of the uploads that have anything in the server's store (file, object, fragment
+    or open multipart upload)."""
+    if server.s3 is None:
+        uploads = server.data_dir / "uploads"
+        return {p.name for p in uploads.iterdir()} if uploads.exists() else set()
+    from tests import s3_servers
+
+    endpoint, prefix = server.s3
+    found: set[str] = set()
+    for key in s3_servers.list_all(endpoint, TEST_BUCKET, prefix):
+        rest = key[len(prefix) :]
+        if rest.startswith(".fragments/"):
+            rest = rest[len(".fragments/") :]
+            if "/" not in rest:
+                continue  # the store's own probe object
+        found.add(rest.split("/", 1)[0])
+    for key, _ in s3_servers.list_multipart_uploads(endpoint, TEST_BUCKET, prefix):
+        found.add(key[len(prefix) :])
+    return found
 
 
 TUS = {"Tus-Resumable": "1.0.0"}

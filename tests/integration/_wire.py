@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, stored_upload_ids
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = {"Content-Type": "application/offset+octet-stream"}
@@ -157,7 +157,14 @@ def json_error(response: httpx.Response) -> dict[str, str]:
 # --- the file store -------------------------------------------------------------------
 
 
+class NotOnFileStore(AssertionError):
+    """A test looked at the file store's files on a server that keeps bytes in S3: mark it
+    `@pytest.mark.file_store`."""
+
+
 def uploads_dir(server: ServerProcess) -> Path:
+    if server.s3 is not None:
+        raise NotOnFileStore("this server keeps its bytes in S3")
     return server.data_dir / "uploads"
 
 
@@ -166,16 +173,34 @@ def bytes_file(server: ServerProcess, url: str) -> Path:
 
 
 def stored(server: ServerProcess, url: str) -> bytes | None:
-    path = bytes_file(server, url)
-    return path.read_bytes() if path.exists() else None
+    """The bytes the store holds for an upload: its file, or (S3) its assembled object;
+    None when the store holds nothing for it."""
+    if server.s3 is None:
+        path = bytes_file(server, url)
+        return path.read_bytes() if path.exists() else None
+    from tests.conftest import TEST_BUCKET
+
+    endpoint, prefix = server.s3
+    key = prefix + upload_id(url)
+    client = endpoint.client()
+    try:
+        response = client.get_object(TEST_BUCKET, key)
+    except Exception:
+        if upload_id(url) in stored_upload_ids(server):
+            raise NotOnFileStore(
+                "an unfinished S3 upload has no object to read yet"
+            ) from None
+        return None
+    try:
+        return bytes(response.read())
+    finally:
+        response.close()
+        response.release_conn()
 
 
 def stored_uploads(server: ServerProcess) -> set[str]:
-    directory = uploads_dir(server)
-    if not directory.exists():
-        return set()
     # on a shared server, only the uploads this test created
-    return {path.name for path in directory.iterdir()} - server.uploads_baseline
+    return stored_upload_ids(server) - server.uploads_baseline
 
 
 def all_files(root: Path) -> set[Path]:
