@@ -28,6 +28,12 @@ class BodyResult:
     overrun: bool = False
 
 
+#: after a handover request, bytes that already reached us are still taken (PROTOCOL 7):
+#: the holder reads on while the next chunk is there within DRAIN_IDLE, for DRAIN_MAX at most
+DRAIN_IDLE = 0.02
+DRAIN_MAX = 0.2
+
+
 async def pump_body(
     receive: Receive,
     appender: Appender,
@@ -36,15 +42,26 @@ async def pump_body(
     holding: Holding,
 ) -> BodyResult:
     received = 0
+    loop = asyncio.get_running_loop()
+    drain_until: float | None = None
     while True:
-        if holding.stop_requested:
-            return BodyResult(received, complete=False)
-        holding.receiving = True
+        if holding.stop_requested and drain_until is None:
+            drain_until = loop.time() + DRAIN_MAX
         try:
-            message = await receive()
+            if drain_until is None:
+                holding.receiving = True
+                message = await receive()
+            else:
+                # handing over: keep what is already here, wait for nothing more
+                wait = min(DRAIN_IDLE, drain_until - loop.time())
+                if wait <= 0:
+                    return BodyResult(received, complete=False)
+                message = await asyncio.wait_for(receive(), wait)
+        except TimeoutError:
+            return BodyResult(received, complete=False)
         except asyncio.CancelledError as exc:
             if holding.is_handover(exc):
-                return BodyResult(received, complete=False)
+                continue
             raise
         finally:
             holding.receiving = False

@@ -187,15 +187,67 @@ def stored(server: ServerProcess, url: str) -> bytes | None:
         response = client.get_object(TEST_BUCKET, key)
     except Exception:
         if upload_id(url) in stored_upload_ids(server):
-            raise NotOnFileStore(
-                "an unfinished S3 upload has no object to read yet"
-            ) from None
+            raise NotOnFileStore("an unfinished S3 upload has no object to read yet") from None
         return None
     try:
         return bytes(response.read())
     finally:
         response.close()
         response.release_conn()
+
+
+def state_rows(server: ServerProcess, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Rows of the server's state database, read over a connection of our own ("?" params)."""
+    if server.database_url:
+        import psycopg
+
+        dsn = server.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(dsn) as conn:
+            return [tuple(row) for row in conn.execute(sql.replace("?", "%s"), params)]  # type: ignore[arg-type]
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "tusd.db") as conn:
+        return list(conn.execute(sql, params))
+
+
+def check_s3_record(server: ServerProcess, upload: str, source: bytes, offset: int) -> None:
+    """An unfinished S3 upload's record covers exactly `offset` bytes of `source`: each
+    recorded part's MD5 matches its bytes, each fragment object holds its bytes."""
+    import hashlib
+
+    from tests.conftest import TEST_BUCKET
+
+    position = 0
+    parts = state_rows(
+        server,
+        "SELECT number, size, checksum FROM upload_parts WHERE upload_id = ? ORDER BY number",
+        upload,
+    )
+    for index, (number, size, checksum) in enumerate(parts, start=1):
+        assert number == index, f"part numbers of {upload} are not 1..n: {parts}"
+        chunk = source[position : position + int(size)]  # type: ignore[call-overload]
+        expected = base64.b64encode(hashlib.md5(chunk).digest()).decode()
+        assert checksum == expected, f"part {number} of {upload}: MD5 differs from the source"
+        position += int(size)  # type: ignore[call-overload]
+    assert server.s3 is not None
+    client = server.s3[0].client()
+    for start, size, key in state_rows(
+        server,
+        'SELECT "offset", size, key FROM upload_fragments WHERE upload_id = ? ORDER BY "offset"',
+        upload,
+    ):
+        assert start == position, f"fragments of {upload} leave a gap at {position}"
+        response = client.get_object(TEST_BUCKET, str(key))
+        try:
+            held = bytes(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+        assert held == source[position : position + int(size)], (  # type: ignore[call-overload]
+            f"fragment at {start} of {upload} differs from the source"
+        )
+        position += int(size)  # type: ignore[call-overload]
+    assert position == offset, f"{upload}: parts and fragments hold {position}, offset {offset}"
 
 
 def stored_uploads(server: ServerProcess) -> set[str]:

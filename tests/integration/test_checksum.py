@@ -9,6 +9,7 @@ import zlib
 from collections.abc import Callable
 
 import httpx
+import pytest
 import xxhash
 
 from tests.conftest import ServerProcess
@@ -25,6 +26,8 @@ from tests.integration._wire import (
     stored,
     upload_all,
 )
+
+pytestmark = pytest.mark.s3_too
 
 DIGESTS: dict[str, Callable[[bytes], bytes]] = {
     "sha1": lambda data: hashlib.sha1(data).digest(),
@@ -52,6 +55,7 @@ def test_options_lists_every_checksum_algorithm(client: httpx.Client) -> None:
     assert advertised == set(DIGESTS)
 
 
+@pytest.mark.file_store
 def test_patch_with_correct_checksum_is_stored_for_every_algorithm(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -69,6 +73,7 @@ def test_patch_with_correct_checksum_is_stored_for_every_algorithm(
     assert not failed, failed
 
 
+@pytest.mark.file_store
 def test_patch_with_wrong_checksum_is_460_and_offset_unchanged_for_every_algorithm(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -181,6 +186,7 @@ def test_post_with_body_and_wrong_checksum_is_460(client: httpx.Client) -> None:
 # --- 18: an interrupted PATCH with a checksum stores nothing ---------------------------------
 
 
+@pytest.mark.file_store
 def test_interrupted_patch_with_checksum_stores_nothing(
     server: ServerProcess, client: httpx.Client
 ) -> None:

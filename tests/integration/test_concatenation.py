@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess
 from tests.integration._wire import (
@@ -19,6 +20,8 @@ from tests.integration._wire import (
     upload_id,
     wait_for,
 )
+
+pytestmark = pytest.mark.s3_too
 
 
 def partial(

@@ -7,6 +7,7 @@ depth in test_bad_input.py; the cases here are the core behaviours a client reli
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess
 from tests.integration._wire import (
@@ -24,6 +25,8 @@ from tests.integration._wire import (
     stored_uploads,
     upload_all,
 )
+
+pytestmark = pytest.mark.s3_too
 
 EXTENSIONS = {
     "creation",
@@ -155,6 +158,7 @@ def test_options_advertises_checksum_algorithms(client: httpx.Client) -> None:
     assert "sha1" in split_list(response.headers["tus-checksum-algorithm"])
 
 
+@pytest.mark.file_store
 def test_options_omits_tus_max_size_without_a_limit(client: httpx.Client) -> None:
     response = client.options("/files/")
     assert "tus-max-size" not in response.headers
@@ -297,6 +301,7 @@ def test_patch_with_malformed_upload_offset_is_400(client: httpx.Client) -> None
     assert offset_of(client, url) == 0
 
 
+@pytest.mark.file_store
 def test_patch_at_a_stale_offset_is_409_with_current_offset(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -309,6 +314,7 @@ def test_patch_at_a_stale_offset_is_409_with_current_offset(
     assert stored(server, url)[:4] == b"abcd"  # type: ignore[index]
 
 
+@pytest.mark.file_store
 def test_patch_ahead_of_the_offset_is_409_and_stores_nothing(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -348,6 +354,7 @@ def test_patch_to_an_unknown_upload_is_404(client: httpx.Client) -> None:
 # --- 6: the body may not pass Upload-Length --------------------------------------------
 
 
+@pytest.mark.file_store
 def test_patch_longer_than_the_remaining_length_is_413_and_stores_nothing(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -372,6 +379,7 @@ def test_patch_exactly_to_the_length_completes(client: httpx.Client) -> None:
 # --- 8: integers ----------------------------------------------------------------------------
 
 
+@pytest.mark.file_store
 def test_upload_length_of_two_to_the_63_minus_one_is_accepted(client: httpx.Client) -> None:
     response = post(client, MAX_INT)
     assert response.status_code == 201, response.text
@@ -394,6 +402,7 @@ def test_upload_offset_with_a_sign_is_400(client: httpx.Client) -> None:
 # --- 9: X-HTTP-Method-Override ----------------------------------------------------------
 
 
+@pytest.mark.file_store
 def test_method_override_patch_appends(server: ServerProcess, client: httpx.Client) -> None:
     url = create(client, 6)
     response = client.post(

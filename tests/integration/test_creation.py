@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess
 from tests.integration._wire import (
@@ -23,6 +24,8 @@ from tests.integration._wire import (
     upload_all,
     upload_id,
 )
+
+pytestmark = pytest.mark.s3_too
 
 # --- 10: creation -------------------------------------------------------------------------
 
@@ -156,6 +159,7 @@ def test_metadata_of_ten_kib_is_accepted(client: httpx.Client) -> None:
 # --- 12: creation-with-upload --------------------------------------------------------------
 
 
+@pytest.mark.file_store
 def test_post_with_body_stores_it_and_reports_offset(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -332,6 +336,7 @@ def test_declared_length_smaller_than_received_bytes_is_400(client: httpx.Client
     assert head.headers["upload-defer-length"] == "1"
 
 
+@pytest.mark.file_store
 def test_declared_length_smaller_than_offset_plus_body_is_413(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -345,6 +350,7 @@ def test_declared_length_smaller_than_offset_plus_body_is_413(
     assert stored(server, url) == before
 
 
+@pytest.mark.file_store
 def test_bytes_file_holds_the_upload_bytes(server: ServerProcess, client: httpx.Client) -> None:
     data = payload(4096)
     url = create(client, 4096)

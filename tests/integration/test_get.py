@@ -6,6 +6,7 @@ from email.message import Message
 from email.utils import collapse_rfc2231_value
 
 import httpx
+import pytest
 
 from tests.integration._wire import (
     assert_error,
@@ -15,6 +16,8 @@ from tests.integration._wire import (
     payload,
     upload_all,
 )
+
+pytestmark = pytest.mark.s3_too
 
 DATA = payload(1000, seed=7)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess
 from tests.integration._wire import (
@@ -28,6 +29,8 @@ from tests.integration._wire import (
     upload_all,
     wait_for,
 )
+
+pytestmark = pytest.mark.s3_too
 
 SIZE = 100_000
 HALF = 50_000
@@ -57,6 +60,7 @@ def answer_of(connection: RawConnection) -> RawResponse:
 # --- 7: an interrupted PATCH keeps what arrived ----------------------------------------------
 
 
+@pytest.mark.file_store
 def test_interrupted_patch_keeps_every_byte_that_arrived(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -203,6 +207,7 @@ def test_upload_finishes_correctly_after_a_takeover(
     assert stored(server, url)[:SIZE] == data  # type: ignore[index]
 
 
+@pytest.mark.file_store
 def test_bytes_sent_by_a_displaced_patch_are_not_stored(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -280,6 +285,7 @@ def test_a_stalled_patch_does_not_block_other_uploads(
 # --- 22: a server fault is a 5xx, never a 4xx --------------------------------------------------
 
 
+@pytest.mark.file_store
 def test_storage_failure_answers_5xx_and_keeps_the_offset(
     server: ServerProcess, client: httpx.Client
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess
 from tests.integration._wire import (
@@ -14,6 +15,8 @@ from tests.integration._wire import (
     upload_all,
 )
 
+pytestmark = pytest.mark.s3_too
+
 
 def test_delete_answers_204_with_tus_resumable(client: httpx.Client) -> None:
     url = create(client, 10)
@@ -23,6 +26,7 @@ def test_delete_answers_204_with_tus_resumable(client: httpx.Client) -> None:
     assert response.content == b""
 
 
+@pytest.mark.file_store
 def test_delete_frees_the_bytes_file(server: ServerProcess, client: httpx.Client) -> None:
     url = create(client, 10)
     assert patch(client, url, 0, b"abcde").status_code == 204
@@ -51,6 +55,7 @@ def test_requests_after_delete_are_410(client: httpx.Client) -> None:
         assert_error(response, 410, "ERR_UPLOAD_GONE")
 
 
+@pytest.mark.file_store
 def test_patch_at_offset_zero_after_delete_is_410(
     server: ServerProcess, client: httpx.Client
 ) -> None:
@@ -61,6 +66,7 @@ def test_patch_at_offset_zero_after_delete_is_410(
     assert not bytes_file(server, url).exists()
 
 
+@pytest.mark.file_store
 def test_delete_of_a_finished_upload(server: ServerProcess, client: httpx.Client) -> None:
     url = create(client, 3)
     upload_all(client, url, b"abc")
@@ -74,6 +80,7 @@ def test_delete_of_an_unknown_upload_is_404(client: httpx.Client) -> None:
     assert_error(response, 404, "ERR_UPLOAD_NOT_FOUND")
 
 
+@pytest.mark.file_store
 def test_delete_leaves_other_uploads_alone(server: ServerProcess, client: httpx.Client) -> None:
     keep = create(client, 6)
     assert patch(client, keep, 0, b"abc").status_code == 204

@@ -29,7 +29,7 @@ from tests.interop._support import (
     wait_until_assembled,
 )
 
-pytestmark = [pytest.mark.node, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.node, pytest.mark.timeout(240), pytest.mark.s3_too]
 
 CHUNK = 5 * MiB
 # Long enough for the client to outlive a server restart even on a loaded machine (about 55 s

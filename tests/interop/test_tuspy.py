@@ -21,7 +21,7 @@ from tests.interop._support import (
     write_random_file,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.s3_too]
 
 CHUNK = 1 * MiB
 SIZE = 10 * MiB + 4321  # the last chunk is a short one

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import pytest
 
-from tusd_py.body import BodyResult, pump_body
+from tusd_py.body import DRAIN_MAX, BodyResult, pump_body
 from tusd_py.locks import HANDOVER, Holding, LocalLocks
 from tusd_storage import MemoryStore
 
@@ -150,19 +151,36 @@ def test_disconnect_before_any_byte() -> None:
     assert result == BodyResult(0, complete=False)
 
 
-def test_stops_before_reading_when_a_stop_was_requested() -> None:
-    async def main() -> tuple[BodyResult, FakeReceive]:
+def test_a_stop_request_still_takes_the_bytes_already_received() -> None:
+    """PROTOCOL 7 and 23: a holder asked to let go keeps what reached the server."""
+
+    async def main() -> tuple[BodyResult, bytes]:
+        store = MemoryStore()
+        await store.create(ID, None)
+        holding = Holding(ID)
+        holding.request_stop()
+        receive = FakeReceive(body_messages([b"abc", b"def"], end="disconnect")[:2])
+        result = await pump_body(receive, store.appender(ID, 0), None, None, holding)
+        return result, bytes(store.blobs[ID])
+
+    started = time.monotonic()
+    result, stored = run(main)
+    assert result == BodyResult(6, complete=False)
+    assert stored == b"abcdef"
+    # and it waits for nothing more than a moment
+    assert time.monotonic() - started < 0.5 + DRAIN_MAX
+
+
+def test_a_stop_request_with_the_whole_body_already_received_completes_it() -> None:
+    async def main() -> BodyResult:
         store = MemoryStore()
         await store.create(ID, None)
         holding = Holding(ID)
         holding.request_stop()
         receive = FakeReceive(body_messages([b"abc"]))
-        result = await pump_body(receive, store.appender(ID, 0), None, None, holding)
-        return result, receive
+        return await pump_body(receive, store.appender(ID, 0), None, None, holding)
 
-    result, receive = run(main)
-    assert result == BodyResult(0, complete=False)
-    assert receive.calls == 0
+    assert run(main) == BodyResult(3, complete=True)
 
 
 def test_stops_on_handover_while_waiting_for_bytes() -> None:
