@@ -62,8 +62,16 @@ class PeakSampler:
 
 
 class Server:
-    def __init__(self, name: str, command: list[str], port: int, data: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        port: int,
+        data: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name, self.command, self.port, self.data = name, command, port, data
+        self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,7 +82,10 @@ class Server:
         shutil.rmtree(self.data, ignore_errors=True)
         self.data.mkdir(parents=True)
         self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **self.env} if self.env else None,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -83,6 +94,8 @@ class Server:
                 return
             except httpx.HTTPError:
                 time.sleep(0.1)
+            if self.process.poll() is not None:
+                break
         raise RuntimeError(f"{self.name} did not start")
 
     def stop(self) -> None:
@@ -100,7 +113,7 @@ class Server:
         return location if "://" in location else f"http://127.0.0.1:{self.port}{location}"
 
 
-def curl_patch(url: str, source: Path) -> float:
+def curl_patch(url: str, source: Path, timeout: float | None = None) -> float:
     started = time.perf_counter()
     out = subprocess.run(
         [
@@ -125,6 +138,7 @@ def curl_patch(url: str, source: Path) -> float:
         capture_output=True,
         text=True,
         check=True,
+        timeout=timeout,
     )
     elapsed = time.perf_counter() - started
     if out.stdout != "204":
