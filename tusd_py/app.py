@@ -71,7 +71,8 @@ class Runtime:
                 return
             await prepare_database(self.settings)
             await self.service.store.open()
-            if self.settings.limits.expiration is not None:
+            # the sweeper also finishes assemblies that failed (a store that keeps layouts)
+            if self.settings.limits.expiration is not None or self.service.store.uses_layout:
                 self._sweeper = asyncio.create_task(
                     sweep_forever(self.service, self.settings.sweep_interval)
                 )

@@ -202,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gc = commands.add_parser(
         "gc",
-        help="run one expiry sweep and exit",
-        description="Reclaim the storage of every upload whose expiry has passed, then exit.",
+        help="run one sweep (expiry, pending assemblies, orphaned S3 objects) and exit",
+        description="Reclaim the storage of every upload whose expiry has passed, finish "
+        "assemblies that failed, and (S3) remove multipart uploads and objects that no upload "
+        "record needs; then exit.",
     )
     _add_storage_options(gc)
     _add_object_store_options(gc)

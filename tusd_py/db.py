@@ -73,6 +73,7 @@ upload_parts = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("etag", sa.String(256), nullable=False),
     sa.Column("checksum", sa.String(128), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=True),
 )
 
 #: bytes that did not fill a part yet, kept as small objects until the next part takes them
@@ -268,6 +269,7 @@ class Repository:
                                 "size": p.size,
                                 "etag": p.etag,
                                 "checksum": p.checksum,
+                                "sha256": p.sha256,
                             }
                             for p in new_parts
                         ],
@@ -322,7 +324,7 @@ class Repository:
                 .where(upload_parts.c.upload_id == upload_id)
                 .order_by(upload_parts.c.number)
             )
-            return [Part(r.number, r.size, r.etag, r.checksum) for r in rows]
+            return [Part(r.number, r.size, r.etag, r.checksum, r.sha256) for r in rows]
 
     async def unassembled(self, limit: int = 100) -> list[str]:
         """Finished uploads whose object is not whole yet (their assembly failed)."""
@@ -359,18 +361,32 @@ class Repository:
                 found.update(row.backend_handle for row in rows)
         return found
 
+    async def kept(self, upload_ids: Sequence[str]) -> set[str]:
+        """Which of these uploads still have bytes we keep (not terminated, expired, unknown)."""
+        return await self._with_status(
+            upload_ids,
+            (UploadStatus.RECEIVING, UploadStatus.CONCATENATING, UploadStatus.FINISHED),
+        )
+
+    async def _with_status(
+        self, upload_ids: Sequence[str], statuses: Sequence[UploadStatus]
+    ) -> set[str]:
+        found: set[str] = set()
+        ids = list(upload_ids)
+        async with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                rows = await conn.execute(
+                    sa.select(uploads.c.id).where(
+                        uploads.c.id.in_(ids[start : start + 500]),
+                        uploads.c.status.in_([s.value for s in statuses]),
+                    )
+                )
+                found.update(row.id for row in rows)
+        return found
+
     async def receiving(self, upload_ids: Sequence[str]) -> set[str]:
         """Which of these uploads are still receiving bytes (and so may own fragments)."""
-        if not upload_ids:
-            return set()
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(uploads.c.id).where(
-                    uploads.c.id.in_(list(upload_ids)),
-                    uploads.c.status == UploadStatus.RECEIVING.value,
-                )
-            )
-            return {row.id for row in rows}
+        return await self._with_status(upload_ids, (UploadStatus.RECEIVING,))
 
     async def delete(self, upload_id: str) -> None:
         """Forget an upload entirely (only for one whose creation failed)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from starlette.types import Receive
@@ -20,7 +20,7 @@ from tusd_protocol.checksums import new_hasher
 from tusd_protocol.decisions import AppendOutcome, AppendPlan, ByteRange, Headers, Limits
 from tusd_protocol.errors import PartialNotFound, ProtocolError, ServerFault, UploadNotFound
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
-from tusd_storage import EMPTY_LAYOUT, Layout, Source, Store, Stored
+from tusd_storage import EMPTY_LAYOUT, Layout, LiveUploads, Source, Store, Stored
 
 from .body import pump_body
 from .cache import StateCache
@@ -240,6 +240,11 @@ class UploadService:
                 await self._complete_waiting_finals(new.id)
         return new
 
+    async def _forget_layout(self, upload_id: str, layout: Layout) -> None:
+        """The store's objects are gone: so are the records of its parts and fragments."""
+        if self.store.uses_layout:
+            await self.repository.save_layout(upload_id, replace(layout, handle=None, fragments=()))
+
     async def _assemble(self, upload: Upload) -> Layout:
         """Make a finished upload's bytes whole in the store (S3: complete the multipart
         upload from the recorded parts); idempotent. Call with the upload's lock held."""
@@ -267,7 +272,16 @@ class UploadService:
         partials = [found[i] for i in ids if i in found]
         if len(partials) != len(ids) or not rules.final_ready(partials):
             return final
-        sources = [Source(p.id, p.length or 0, await self._layout(p.id)) for p in partials]
+        sources = []
+        for partial in dict.fromkeys(partials):  # repeats allowed: assemble each once
+            layout = await self._layout(partial.id)
+            if layout.handle is not None:
+                # its own assembly failed earlier: finish it first (idempotent, so taking
+                # the partial's lock, against the partial -> final lock order, is not needed)
+                layout = await self._assemble(partial)
+            sources.append(Source(partial.id, partial.length or 0, layout))
+        by_id = {source.upload_id: source for source in sources}
+        sources = [by_id[p.id] for p in partials]
         length = sum(source.length for source in sources)
         layout = await self.store.concatenate(final.id, sources, await self._layout(final.id))
         layout = await self.store.finish(final.id, length, layout)
@@ -300,6 +314,7 @@ class UploadService:
                 raise ServerFault("The upload changed while it was being terminated.")
             self.cache.put(new)
             await self.store.delete(upload_id, layout)
+            await self._forget_layout(upload_id, layout)
 
     async def sweep_expired(self, idle_for: timedelta | None = None) -> int:
         """Reclaim uploads whose deadline passed (or, with `idle_for`, that sat idle that
@@ -325,6 +340,7 @@ class UploadService:
                     continue
                 self.cache.put(new)
                 await self.store.delete(current.id, layout)
+                await self._forget_layout(current.id, layout)
                 reclaimed += 1
         if reclaimed:
             log.info("reclaimed %d expired uploads", reclaimed)
@@ -345,11 +361,16 @@ class UploadService:
                     continue
                 await self._assemble(upload)
                 assembled += 1
+            if upload.is_partial:
+                await self._complete_waiting_finals(upload.id)
         return assembled
 
     async def collect_orphans(self, min_age: timedelta) -> int:
         """Remove what the store holds that no upload we keep refers to (S3: multipart
         uploads and fragments left by crashes or by a lost database); returns the count."""
-        return await self.store.collect_garbage(
-            self.repository.live_handles, self.repository.receiving, min_age
+        live = LiveUploads(
+            handles=self.repository.live_handles,
+            receiving=self.repository.receiving,
+            kept=self.repository.kept,
         )
+        return await self.store.collect_garbage(live, min_age)

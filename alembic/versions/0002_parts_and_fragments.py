@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("etag", sa.String(256), nullable=False),
         sa.Column("checksum", sa.String(128), nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=True),
     )
     op.create_table(
         "upload_fragments",

@@ -21,6 +21,18 @@ from datetime import timedelta
 LiveFilter = Callable[[list[str]], Awaitable[set[str]]]
 
 
+@dataclass(frozen=True)
+class LiveUploads:
+    """What the state database still needs, asked by garbage collection."""
+
+    #: multipart upload ids that belong to an upload we keep
+    handles: LiveFilter
+    #: upload ids still receiving bytes (they may own fragments)
+    receiving: LiveFilter
+    #: upload ids whose bytes we keep (receiving, concatenating or finished)
+    kept: LiveFilter
+
+
 class Capability(enum.StrEnum):
     #: can build one upload from others (tus concatenation)
     CONCATENATION = "concatenation"
@@ -47,6 +59,8 @@ class Part:
     etag: str
     #: base64 MD5 of the part's bytes: the Content-MD5 the object store verified
     checksum: str
+    #: base64 SHA-256, sent (and repeated at completion) where the store verifies it
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +208,7 @@ class Store(abc.ABC):
     async def open(self) -> None:
         """Check the store is usable before the first request (bucket, credentials)."""
 
-    async def collect_garbage(
-        self, live_handles: LiveFilter, receiving: LiveFilter, min_age: timedelta
-    ) -> int:
+    async def collect_garbage(self, live: LiveUploads, min_age: timedelta) -> int:
         """Remove what the store holds for uploads the database no longer knows (or no
         longer needs), left at least `min_age` ago; returns how many things were removed."""
         return 0

@@ -81,14 +81,31 @@ def upload_part_copy(
     source_key: str,
     first: int,
     last: int,
-) -> str:
-    """UploadPartCopy of bytes first..last (inclusive) of another object; returns the ETag."""
-    headers = {
-        "x-amz-copy-source": quote(f"/{bucket}/{source_key}"),
-        "x-amz-copy-source-range": f"bytes={first}-{last}",
-    }
-    etag, _ = client._upload_part_copy(bucket, key, upload_id, number, _headers(headers))
-    return str(etag)
+) -> tuple[str, str | None]:
+    """UploadPartCopy of bytes first..last (inclusive) of another object.
+
+    Returns the part's ETag and, when the upload was created with a checksum algorithm,
+    its ChecksumSHA256 (which completion must repeat)."""
+    response = client._execute(
+        "PUT",
+        bucket,
+        key,
+        headers=_headers(
+            {
+                "x-amz-copy-source": quote(f"/{bucket}/{source_key}"),
+                "x-amz-copy-source-range": f"bytes={first}-{last}",
+            }
+        ),
+        query_params={"partNumber": str(number), "uploadId": upload_id},
+    )
+    root = ET.fromstring(response.data.decode())
+    if _local_name(root.tag) == "Error":
+        raise CompleteFailed(_text(root, "Code") or "InternalError", _text(root, "Message") or "")
+    return (_text(root, "ETag") or "").strip('"'), _text(root, "ChecksumSHA256")
+
+
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
 
 
 def complete_multipart_upload(
