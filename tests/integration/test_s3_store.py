@@ -325,56 +325,50 @@ def offset_of_server(server: ServerProcess, url: str) -> int:
 # --- concatenation ----------------------------------------------------------------------
 
 
+def create_partials(client: httpx.Client, pieces: list[bytes], *, send: bool) -> list[str]:
+    """Partial uploads of these lengths; with `send`, their bytes come with the POST."""
+    partials = []
+    for piece in pieces:
+        headers = {"Upload-Length": str(len(piece)), "Upload-Concat": "partial"}
+        if send:
+            headers["Content-Type"] = "application/offset+octet-stream"
+        response = client.post("/files/", headers=headers, content=piece if send else None)
+        assert response.status_code == 201, response.text
+        partials.append(response.headers["location"])
+    return partials
+
+
+def create_final(client: httpx.Client, partials: list[str]) -> str:
+    response = client.post(
+        "/files/", headers={"Upload-Concat": "final;" + " ".join(map(path_of, partials))}
+    )
+    assert response.status_code == 201, response.text
+    return str(response.headers["location"])
+
+
 def test_concatenation_of_5_mib_7_mib_and_3_bytes(
     server: ServerProcess, s3_client: httpx.Client
 ) -> None:
     pieces = [data_of(5 * MiB), data_of(7 * MiB), data_of(3)]
-    partials = []
-    for piece in pieces:
-        response = s3_client.post(
-            "/files/",
-            headers={
-                "Upload-Length": str(len(piece)),
-                "Upload-Concat": "partial",
-                "Content-Type": "application/offset+octet-stream",
-            },
-            content=piece,
-        )
-        assert response.status_code == 201, response.text
-        partials.append(response.headers["location"])
-    response = s3_client.post(
-        "/files/", headers={"Upload-Concat": "final;" + " ".join(map(path_of, partials))}
-    )
-    assert response.status_code == 201, response.text
-    final = response.headers["location"]
+    final = create_final(s3_client, create_partials(s3_client, pieces, send=True))
     assert get(final).content == b"".join(pieces)
     head = s3_client.head(final)
     assert head.headers["upload-offset"] == head.headers["upload-length"] == str(12 * MiB + 3)
     assert open_multipart(server, final) == []
 
 
-def test_concatenation_of_small_partials_streams_them(
+def test_concatenation_of_small_partials_finishing_after_the_final(
     server: ServerProcess, s3_client: httpx.Client
 ) -> None:
+    # parts of the final span partials (streamed through the server), partials repeat
     pieces = [data_of(3 * MiB), data_of(4 * MiB), data_of(MiB + 1)]
-    partials = []
-    for piece in pieces:
-        response = s3_client.post(
-            "/files/",
-            headers={
-                "Upload-Length": str(len(piece)),
-                "Upload-Concat": "partial",
-                "Content-Type": "application/offset+octet-stream",
-            },
-            content=piece,
-        )
-        partials.append(response.headers["location"])
-    # the final is created before its partials' bytes are all in: assembled when they are
-    response = s3_client.post(
-        "/files/", headers={"Upload-Concat": "final;" + " ".join(map(path_of, partials * 2))}
-    )
-    assert response.status_code == 201, response.text
-    assert get(response.headers["location"]).content == b"".join(pieces * 2)
+    partials = create_partials(s3_client, pieces, send=False)
+    final = create_final(s3_client, partials * 2)
+    assert "upload-offset" not in s3_client.head(final).headers
+    for url, piece in zip(partials, pieces, strict=True):
+        assert patch(s3_client, url, 0, piece).status_code == 204
+    assert get(final).content == b"".join(pieces * 2)
+    assert open_multipart(server, final) == []
 
 
 # --- termination and garbage ------------------------------------------------------------
