@@ -19,7 +19,11 @@ def _env(name: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
     value = os.environ.get(f"TUSD_{name}")
     if value is None or value == "":
         return default
-    return convert(value)
+    try:
+        return convert(value)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"tusd-py: TUSD_{name}={value!r}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _bool(value: str) -> bool:
@@ -212,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--orphan-age",
         type=_seconds,
-        default=3600.0,
+        default=_env("ORPHAN_AGE", 3600.0, _seconds),
         help="with S3: abort multipart uploads and remove fragments that no upload record "
-        "needs once they are this many seconds old (default: 3600)",
+        "needs once they are this many seconds old. Env TUSD_ORPHAN_AGE. Default: 3600",
     )
     gc.add_argument(
         "--expiration",
@@ -321,7 +325,11 @@ def gc(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except ValueError as exc:
+        print(f"tusd-py: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=getattr(logging, str(getattr(args, "log_level", "info")).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

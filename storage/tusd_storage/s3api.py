@@ -116,14 +116,7 @@ def complete_multipart_upload(
     Built here rather than with minio's helper because that one cannot carry the per-part
     checksums a stricter endpoint requires when the upload was created with an algorithm.
     """
-    root = ET.Element("CompleteMultipartUpload")
-    for part in parts:
-        element = ET.SubElement(root, "Part")
-        ET.SubElement(element, "PartNumber").text = str(part.number)
-        ET.SubElement(element, "ETag").text = f'"{part.etag}"'
-        if part.sha256 is not None:
-            ET.SubElement(element, "ChecksumSHA256").text = part.sha256
-    body = ET.tostring(root)
+    body = completion_xml(parts)
     from minio.helpers import md5sum_hash
 
     response = client._execute(
@@ -141,6 +134,19 @@ def complete_multipart_upload(
         code = error.findtext("Code") or "InternalError"
         message = error.findtext("Message") or "CompleteMultipartUpload failed"
         raise CompleteFailed(code, message)
+
+
+def completion_xml(parts: Sequence[CompletedPart]) -> bytes:
+    """The CompleteMultipartUpload body: each part's number, ETag and (when recorded) its
+    SHA-256, which an upload created with that checksum algorithm must repeat."""
+    root = ET.Element("CompleteMultipartUpload")
+    for part in parts:
+        element = ET.SubElement(root, "Part")
+        ET.SubElement(element, "PartNumber").text = str(part.number)
+        ET.SubElement(element, "ETag").text = f'"{part.etag}"'
+        if part.sha256 is not None:
+            ET.SubElement(element, "ChecksumSHA256").text = part.sha256
+    return bytes(ET.tostring(root))
 
 
 class CompleteFailed(Exception):

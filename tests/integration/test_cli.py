@@ -23,6 +23,15 @@ SERVE_OPTIONS = [
     "--cors-origins",
     "--behind-proxy",
     "--log-level",
+    "--storage",
+    "--s3-endpoint",
+    "--s3-region",
+    "--s3-access-key",
+    "--s3-secret-key",
+    "--s3-secure",
+    "--s3-create-bucket",
+    "--s3-part-size",
+    "--s3-max-concurrent-parts",
 ]
 
 
@@ -116,3 +125,21 @@ def test_invalid_option_values_are_refused(value: str, tmp_path: Path) -> None:
     result = run_cli("serve", "--data-dir", str(tmp_path), "--max-size", value)
     assert result.returncode == 2
     assert "--max-size" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--s3-part-size", "1048576"], {}, "at least 5 MiB"),
+        ([], {"TUSD_S3_PART_SIZE": "1048576"}, "TUSD_S3_PART_SIZE"),
+        ([], {"TUSD_S3_MAX_CONCURRENT_PARTS": "0"}, "TUSD_S3_MAX_CONCURRENT_PARTS"),
+        (["--storage", "ftp://somewhere"], {}, "s3://BUCKET/PREFIX"),
+    ],
+)
+def test_bad_storage_settings_are_refused_with_a_sentence(
+    args: list[str], env: dict[str, str], says: str, tmp_path: Path
+) -> None:
+    result = run_cli("serve", "--data-dir", str(tmp_path), *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
