@@ -543,3 +543,19 @@ def rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def test_s3_unreachable_answers_503_and_head_still_works(
+    proxied: tuple[ServerProcess, TamperProxy],
+) -> None:
+    server, proxy = proxied
+    data = data_of(7 * MiB)
+    with httpx.Client(base_url=server.base_url, headers=TUS, timeout=60) as http:
+        url = create(http, len(data))
+        assert patch(http, url, 0, data[: 2 * MiB]).status_code == 204
+        proxy.stop()  # the object store goes away
+        response = patch(http, url, 2 * MiB, data[2 * MiB :])
+        assert_error(response, 503, "ERR_UNAVAILABLE")
+        assert response.headers["retry-after"]
+        # HEAD is answered from the state database alone
+        assert offset_of(http, url) == 2 * MiB
