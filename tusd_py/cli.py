@@ -261,11 +261,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> int:
     import uvicorn
 
-    from .app import SchemaNotMigrated, build_app, prepare_database
+    from tusd_storage import StorageError
+
+    from .app import SchemaNotMigrated, build_app, build_store, prepare_database
+
+    async def preflight() -> None:
+        await prepare_database(settings)
+        store = build_store(settings)  # a wrong bucket or key is said here, not in a traceback
+        try:
+            await store.open()
+        finally:
+            await store.close()
 
     try:
-        asyncio.run(prepare_database(settings))
-    except SchemaNotMigrated as exc:
+        asyncio.run(preflight())
+    except (SchemaNotMigrated, StorageError) as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
         return 2
     from .fasthttp import protocol_class

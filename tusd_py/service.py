@@ -43,9 +43,6 @@ class Download:
     body: Callable[[int, int], AsyncIterator[bytes]]
 
 
-_NOTHING_STORED = Stored(0)
-
-
 class UploadService:
     def __init__(
         self,
@@ -272,16 +269,16 @@ class UploadService:
         partials = [found[i] for i in ids if i in found]
         if len(partials) != len(ids) or not rules.final_ready(partials):
             return final
-        sources = []
-        for partial in dict.fromkeys(partials):  # repeats allowed: assemble each once
-            layout = await self._layout(partial.id)
-            if layout.handle is not None:
-                # its own assembly failed earlier: finish it first (idempotent, so taking
-                # the partial's lock, against the partial -> final lock order, is not needed)
-                layout = await self._assemble(partial)
-            sources.append(Source(partial.id, partial.length or 0, layout))
-        by_id = {source.upload_id: source for source in sources}
-        sources = [by_id[p.id] for p in partials]
+        layouts: dict[str, Layout] = {}
+        for partial in partials:  # a partial may repeat: look at each once
+            if partial.id not in layouts:
+                layout = await self._layout(partial.id)
+                if layout.handle is not None:
+                    # its own assembly failed earlier: finish it first (idempotent, so the
+                    # partial's lock, against the partial -> final lock order, is not needed)
+                    layout = await self._assemble(partial)
+                layouts[partial.id] = layout
+        sources = [Source(p.id, p.length or 0, layouts[p.id]) for p in partials]
         length = sum(source.length for source in sources)
         layout = await self.store.concatenate(final.id, sources, await self._layout(final.id))
         layout = await self.store.finish(final.id, length, layout)

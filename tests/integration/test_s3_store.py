@@ -559,3 +559,21 @@ def test_s3_unreachable_answers_503_and_head_still_works(
         assert response.headers["retry-after"]
         # HEAD is answered from the state database alone
         assert offset_of(http, url) == 2 * MiB
+
+
+def test_serve_refuses_a_missing_bucket_with_a_sentence(
+    backend: str, s3_fleet: Any, tmp_path: Any
+) -> None:
+    endpoint = s3_fleet.endpoint(backend)
+    args, env = s3_arguments(endpoint, "x/")
+    args[1] = f"s3://missing-{uuid.uuid4().hex[:8]}/x/"
+    result = subprocess.run(
+        [sys.executable, "-m", "tusd_py", "serve", "--data-dir", str(tmp_path), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "--s3-create-bucket" in result.stderr
+    assert "Traceback" not in result.stderr
