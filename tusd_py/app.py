@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import sqlalchemy as sa
+from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,14 +20,16 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tusd_storage import FileStore, Store
+from tusd_storage import FileStore, FsyncPolicy, Store
 
 from . import migrations
-from .cache import StateCache
+from .cache import StateCache, UploadCache
 from .cors import CORSMiddleware
 from .db import Repository, make_engine
 from .handlers import TusHandlers
-from .locks import LocalLocks
+from .locks import LocalLocks, UploadLocks
+from .redis_cache import RedisStateCache
+from .redis_locks import RedisLocks
 from .service import UploadService
 from .settings import Settings
 
@@ -57,10 +63,17 @@ class Runtime:
     inside another one that does not forward lifespan events (Starlette's Mount does not).
     """
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, service: UploadService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        service: UploadService,
+        redis: Redis | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.service = service
+        self.redis = redis
         self.started = False
         self._starting = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
@@ -71,6 +84,7 @@ class Runtime:
                 return
             await prepare_database(self.settings)
             await self.service.store.open()
+            await self.service.locks.start()
             # the sweeper also finishes assemblies that failed (a store that keeps layouts)
             if self.settings.limits.expiration is not None or self.service.store.uses_layout:
                 self._sweeper = asyncio.create_task(
@@ -83,8 +97,11 @@ class Runtime:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.service.locks.stop()
         await self.service.store.close()
         await self.engine.dispose()
+        if self.redis is not None:
+            await self.redis.aclose()
         self.started = False
 
 
@@ -118,26 +135,57 @@ def build_store(settings: Settings) -> Store:
     )
 
 
-def build_service(settings: Settings, engine: AsyncEngine) -> UploadService:
+def build_service(
+    settings: Settings, engine: AsyncEngine, redis: Redis | None = None
+) -> UploadService:
     store = build_store(settings)
     limits = settings.limits
     if store.max_upload_size is not None and (
         limits.max_size is None or limits.max_size > store.max_upload_size
     ):
         limits = replace(limits, max_size=store.max_upload_size)
-    return UploadService(
-        store,
-        Repository(engine),
-        limits,
-        StateCache(settings.cache_entries),
-        LocalLocks(settings.lock_acquire_timeout),
+    cache: UploadCache
+    locks: UploadLocks
+    if redis is not None:
+        cache = RedisStateCache(redis, settings.cache_ttl)
+        locks = RedisLocks(redis, settings.lock_acquire_timeout, settings.lock_handover_timeout)
+    else:
+        cache = StateCache(settings.cache_entries)
+        locks = LocalLocks(settings.lock_acquire_timeout)
+    return UploadService(store, Repository(engine), limits, cache, locks)
+
+
+def make_redis(settings: Settings) -> Redis:
+    """A pool that makes a request wait at most db_pool_timeout for a connection, and
+    sockets that give up on an unreachable Redis in seconds, not minutes."""
+    assert settings.redis_url is not None
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_pool_size,
+        timeout=settings.db_pool_timeout,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+    )
+    return Redis(connection_pool=pool)
+
+
+def make_state_engine(settings: Settings) -> AsyncEngine:
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        return make_engine(url)
+    return make_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
     )
 
 
 def build_app(settings: Settings) -> Starlette:
-    engine = make_engine(settings.resolved_database_url)
-    service = build_service(settings, engine)
-    runtime = Runtime(settings, engine, service)
+    engine = make_state_engine(settings)
+    redis = make_redis(settings) if settings.redis_url else None
+    service = build_service(settings, engine, redis)
+    runtime = Runtime(settings, engine, service, redis)
     handlers = TusHandlers(service, settings, runtime.start)
 
     @contextlib.asynccontextmanager
@@ -177,3 +225,24 @@ def build_app(settings: Settings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.runtime = runtime
     return app
+
+
+#: where `serve --workers N` hands its settings to the worker processes
+SETTINGS_ENVIRONMENT = "TUSD__SETTINGS_JSON"
+
+
+def settings_to_json(settings: Settings) -> str:
+    return json.dumps(dataclasses.asdict(settings), default=str)
+
+
+def app_from_environment() -> Starlette:
+    """The application of one worker process of `serve --workers N`."""
+    raw = json.loads(os.environ[SETTINGS_ENVIRONMENT])
+    raw["cors_origins"] = tuple(raw["cors_origins"])
+    raw["fsync"] = FsyncPolicy(raw["fsync"])
+    settings = Settings(**raw)
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return build_app(settings)

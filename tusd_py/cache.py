@@ -1,24 +1,44 @@
 """The hot state of uploads (offset, length, status, expiry), kept beside the database.
 
 Written after every commit; versioned so that an older writer can never replace a newer
-record. This is the in-process cache for a single server process.
+record. StateCache is the in-process cache of a single server process; RedisStateCache
+(redis_cache.py) is shared by every instance. Both have this async interface.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Protocol
 
 from tusd_protocol.state import Upload
 
 
+class UploadCache(Protocol):
+    """What the service needs of a cache (StateCache, RedisStateCache)."""
+
+    #: True when every commit goes through this cache (one process): writers may trust it
+    authoritative: bool
+    hits: int
+    misses: int
+
+    async def get(self, upload_id: str) -> Upload | None: ...
+
+    async def put(self, upload: Upload) -> None: ...
+
+    async def forget(self, upload_id: str) -> None: ...
+
+
 class StateCache:
+    #: every commit of the only process goes through here: a write may trust what it reads
+    authoritative = True
+
     def __init__(self, max_entries: int = 100_000) -> None:
         self._entries: OrderedDict[str, Upload] = OrderedDict()
         self._max_entries = max_entries
         self.hits = 0
         self.misses = 0
 
-    def get(self, upload_id: str) -> Upload | None:
+    async def get(self, upload_id: str) -> Upload | None:
         upload = self._entries.get(upload_id)
         if upload is None:
             self.misses += 1
@@ -27,7 +47,7 @@ class StateCache:
         self.hits += 1
         return upload
 
-    def put(self, upload: Upload) -> None:
+    async def put(self, upload: Upload) -> None:
         current = self._entries.get(upload.id)
         if current is not None and current.version > upload.version:
             return
@@ -36,5 +56,5 @@ class StateCache:
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
-    def forget(self, upload_id: str) -> None:
+    async def forget(self, upload_id: str) -> None:
         self._entries.pop(upload_id, None)

@@ -164,6 +164,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_storage_options(serve)
     _add_object_store_options(serve)
+    _add_instance_options(serve)
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=_env("WORKERS", 1, _positive),
+        help="server processes on this host; more than one needs --redis-url. "
+        "Env TUSD_WORKERS. Default: 1",
+    )
+    serve.add_argument(
+        "--lock-acquire-timeout",
+        type=_seconds,
+        default=_env("LOCK_ACQUIRE_TIMEOUT", 20.0, _seconds),
+        help="seconds a request waits for an upload another request holds before it answers "
+        "423. Env TUSD_LOCK_ACQUIRE_TIMEOUT. Default: 20",
+    )
+    serve.add_argument(
+        "--lock-handover-timeout",
+        type=_seconds,
+        default=_env("LOCK_HANDOVER_TIMEOUT", 3.0, _seconds),
+        help="seconds a holder gets to let go when a newcomer asks before it is asked again. "
+        "Env TUSD_LOCK_HANDOVER_TIMEOUT. Default: 3",
+    )
+    serve.add_argument(
+        "--db-pool-size",
+        type=_positive,
+        default=_env("DB_POOL_SIZE", 20, _positive),
+        help="PostgreSQL connections kept per process. Env TUSD_DB_POOL_SIZE. Default: 20",
+    )
+    serve.add_argument(
+        "--db-max-overflow",
+        type=_size,
+        default=_env("DB_MAX_OVERFLOW", 30, _size),
+        help="extra PostgreSQL connections allowed under load. Env TUSD_DB_MAX_OVERFLOW. "
+        "Default: 30",
+    )
+    serve.add_argument(
+        "--db-pool-timeout",
+        type=_seconds,
+        default=_env("DB_POOL_TIMEOUT", 5.0, _seconds),
+        help="seconds a request waits for a database or Redis connection before it answers "
+        "503. Env TUSD_DB_POOL_TIMEOUT. Default: 5",
+    )
+    serve.add_argument(
+        "--redis-pool-size",
+        type=_positive,
+        default=_env("REDIS_POOL_SIZE", 200, _positive),
+        help="Redis connections per process. Env TUSD_REDIS_POOL_SIZE. Default: 200",
+    )
     serve.add_argument(
         "--max-size",
         type=_size,
@@ -213,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_storage_options(gc)
     _add_object_store_options(gc)
+    _add_instance_options(gc)
     gc.add_argument(
         "--orphan-age",
         type=_seconds,
@@ -230,9 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_instance_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        default=_env("REDIS_URL", None),
+        help="Redis for the shared upload cache and locks, e.g. redis://host:6379/0; needed "
+        "to run several processes or hosts on one database. Env TUSD_REDIS_URL",
+    )
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     options: dict[str, Any] = {"data_dir": args.data_dir, "database_url": args.database_url}
     if args.command in ("serve", "gc"):
+        options.update(redis_url=args.redis_url)
         options.update(
             storage=args.storage,
             s3_endpoint=args.s3_endpoint,
@@ -254,6 +313,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
             cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
             behind_proxy=args.behind_proxy,
             log_level=args.log_level,
+            workers=args.workers,
+            lock_acquire_timeout=args.lock_acquire_timeout,
+            lock_handover_timeout=args.lock_handover_timeout,
+            db_pool_size=args.db_pool_size,
+            db_max_overflow=args.db_max_overflow,
+            db_pool_timeout=args.db_pool_timeout,
+            redis_pool_size=args.redis_pool_size,
         )
     return Settings(**options)
 
@@ -278,18 +344,30 @@ def serve(settings: Settings) -> int:
     except (SchemaNotMigrated, StorageError) as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
         return 2
-    from .fasthttp import protocol_class
+    if settings.redis_url is None and not settings.resolved_database_url.startswith("sqlite"):
+        logging.getLogger("tusd_py").warning(
+            "no --redis-url: locks live in this process, so only this one instance may use "
+            "this database; run several only with Redis"
+        )
+    from .app import SETTINGS_ENVIRONMENT, settings_to_json
+    from .fasthttp import protocol_import_string
 
-    app = build_app(settings)
-    uvicorn.run(
-        app,
-        http=protocol_class(),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        proxy_headers=False,
-        server_header=False,
-    )
+    common: dict[str, Any] = {
+        "http": protocol_import_string(),
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "proxy_headers": False,
+        "server_header": False,
+    }
+    if settings.workers > 1:
+        # each worker process builds its own application from the same settings
+        os.environ[SETTINGS_ENVIRONMENT] = settings_to_json(settings)
+        uvicorn.run(
+            "tusd_py.app:app_from_environment", factory=True, workers=settings.workers, **common
+        )
+    else:
+        uvicorn.run(build_app(settings), **common)
     return 0
 
 
@@ -304,13 +382,14 @@ def migrate(settings: Settings) -> int:
 
 
 def gc(settings: Settings, args: argparse.Namespace) -> int:
-    from .app import SchemaNotMigrated, build_service, prepare_database
+    from .app import SchemaNotMigrated, build_service, make_redis, prepare_database
     from .db import make_engine
 
     async def sweep() -> tuple[int, int]:
         await prepare_database(settings)
         engine = make_engine(settings.resolved_database_url)
-        service = build_service(settings, engine)
+        redis = make_redis(settings) if settings.redis_url else None
+        service = build_service(settings, engine, redis)
         try:
             await service.store.open()
             idle = None if args.expiration is None else timedelta(seconds=args.expiration)
@@ -321,6 +400,8 @@ def gc(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             await service.store.close()
             await engine.dispose()
+            if redis is not None:
+                await redis.aclose()
 
     try:
         reclaimed, orphans = asyncio.run(sweep())

@@ -138,3 +138,14 @@ async def _receive(self: Any) -> dict[str, Any]:
     if self.disconnected or self.response_complete:
         return {"type": "http.disconnect"}
     return {"type": "http.request", "body": b"", "more_body": self.more_body}
+
+
+#: the protocol for uvicorn as an import string ("tusd_py.fasthttp:QUEUED_PROTOCOL"), which
+#: worker processes can import; "auto" when uvicorn's internals are not what we expect
+QUEUED_PROTOCOL: type[Any] | str = protocol_class()
+
+
+def protocol_import_string() -> str:
+    if isinstance(QUEUED_PROTOCOL, str):
+        return QUEUED_PROTOCOL
+    return f"{__name__}:QUEUED_PROTOCOL"

@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import Request
@@ -109,6 +110,17 @@ class TusHandlers:
         except DBAPIError:
             log.exception("database error")
             return error_response(ServerFault(), request, method)
+        except RedisError as exc:
+            # the lock service is down: reads go on from the database, writes wait for it
+            log.warning("Redis unavailable in %s %s: %s", method, request.url.path, exc)
+            return error_response(
+                ServiceUnavailable(
+                    "The lock service is unavailable; uploads can be resumed shortly.",
+                    headers={"Retry-After": "2"},
+                ),
+                request,
+                method,
+            )
         except StorageError as exc:
             # the object store failed or refused what we sent: our side, and likely passing
             log.warning("storage failed in %s %s: %s", method, request.url.path, exc)

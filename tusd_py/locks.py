@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tusd_protocol.errors import UploadLocked
 
@@ -56,6 +57,22 @@ class _Entry:
         self.waiters = 0
 
 
+class UploadLocks(Protocol):
+    """What the service needs of a lock manager (LocalLocks, RedisLocks)."""
+
+    def is_held(self, upload_id: str) -> bool: ...
+
+    async def held_anywhere(self, upload_id: str) -> bool: ...
+
+    def hold(
+        self, upload_id: str, *, wait: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[Holding]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class LocalLocks:
     """Locks for one process."""
 
@@ -66,6 +83,16 @@ class LocalLocks:
     def is_held(self, upload_id: str) -> bool:
         entry = self._entries.get(upload_id)
         return entry is not None and entry.lock.locked()
+
+    async def held_anywhere(self, upload_id: str) -> bool:
+        """Held by any request that could write this upload (here: this process)."""
+        return self.is_held(upload_id)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
 
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str, *, wait: bool = True) -> AsyncIterator[Holding]:

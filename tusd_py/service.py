@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from redis.exceptions import RedisError
 from starlette.types import Receive
 
 from tusd_protocol import decisions as rules
@@ -23,9 +24,9 @@ from tusd_protocol.state import ConcatKind, Upload, UploadStatus
 from tusd_storage import EMPTY_LAYOUT, Layout, LiveUploads, Source, Store, Stored
 
 from .body import pump_body
-from .cache import StateCache
+from .cache import StateCache, UploadCache
 from .db import Repository
-from .locks import Holding, LocalLocks
+from .locks import Holding, LocalLocks, UploadLocks
 
 log = logging.getLogger("tusd_py.service")
 
@@ -49,15 +50,15 @@ class UploadService:
         store: Store,
         repository: Repository,
         limits: Limits,
-        cache: StateCache | None = None,
-        locks: LocalLocks | None = None,
+        cache: UploadCache | None = None,
+        locks: UploadLocks | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.repository = repository
         self.limits = limits
-        self.cache = cache or StateCache()
-        self.locks = locks or LocalLocks()
+        self.cache: UploadCache = cache or StateCache()
+        self.locks: UploadLocks = locks or LocalLocks()
         self.clock = clock
 
     # --- reading -----------------------------------------------------------------------
@@ -65,26 +66,41 @@ class UploadService:
     async def load(self, upload_id: str) -> Upload:
         if not rules.is_valid_upload_id(upload_id):
             raise UploadNotFound()
-        upload = self.cache.get(upload_id)
+        upload = await self.cache.get(upload_id)
         if upload is None:
             upload = await self.repository.get(upload_id)
             if upload is None:
                 raise UploadNotFound()
-            self.cache.put(upload)
+            await self.cache.put(upload)
         return upload
 
     async def head(self, upload_id: str) -> Upload:
         """The state a resuming client must continue from.
 
-        When a request holds the upload, ask it to let go first, so the offset we report
-        includes what it received (PROTOCOL 23).
+        When a request holds the upload (on any instance), ask it to let go first, so the
+        offset we report includes what it received (PROTOCOL 23).
         """
         if not rules.is_valid_upload_id(upload_id):
             raise UploadNotFound()
-        if self.locks.is_held(upload_id):
+        try:
+            held = await self.locks.held_anywhere(upload_id)
+        except RedisError:
+            held = False  # no lock service: the database's word is all there is
+        if held:
             async with self.locks.hold(upload_id):
-                return await self.load(upload_id)
+                return await self.load_for_write(upload_id)
         return await self.load(upload_id)
+
+    async def load_for_write(self, upload_id: str) -> Upload:
+        """The upload as the database has it, for a request that holds its lock: a cache
+        that other instances also write may lag behind; this read refreshes it."""
+        if self.cache.authoritative:
+            return await self.load(upload_id)
+        upload = await self.repository.get(upload_id)
+        if upload is None:
+            raise UploadNotFound()
+        await self.cache.put(upload)
+        return upload
 
     async def download(self, upload_id: str, range_header: str | None) -> Download:
         upload = await self.load(upload_id)
@@ -150,7 +166,7 @@ class UploadService:
         except BaseException:
             await self.store.delete(upload.id, layout)
             raise
-        self.cache.put(upload)
+        await self.cache.put(upload)
         if status is UploadStatus.FINISHED:
             await self._assemble(upload)
 
@@ -168,7 +184,7 @@ class UploadService:
         return upload
 
     async def _discard(self, upload: Upload) -> None:
-        self.cache.forget(upload.id)
+        await self.cache.forget(upload.id)
         layout = await self._layout(upload.id)
         await self.repository.delete(upload.id)
         await self.store.delete(upload.id, layout)
@@ -179,7 +195,7 @@ class UploadService:
         if not rules.is_valid_upload_id(upload_id):
             raise UploadNotFound()
         async with self.locks.hold(upload_id) as holding:
-            upload = await self.load(upload_id)
+            upload = await self.load_for_write(upload_id)
             plan = rules.decide_append(upload, headers, self.limits, self.clock())
             return await self._receive(upload, plan, receive, holding)
 
@@ -224,9 +240,9 @@ class UploadService:
             new_parts=stored.new_parts if stored else (),
         )
         if new is None:
-            self.cache.forget(upload.id)
+            await self.cache.forget(upload.id)
             raise ServerFault("The upload changed under this request; nothing was acknowledged.")
-        self.cache.put(new)
+        await self.cache.put(new)
         if stored is not None:
             await self.store.discard(stored.obsolete)
         if new.status is UploadStatus.FINISHED:
@@ -291,9 +307,9 @@ class UploadService:
             layout=layout if self.store.uses_layout else None,
         )
         if new is None:
-            self.cache.forget(final.id)
+            await self.cache.forget(final.id)
             raise ServerFault("The final upload changed while it was being assembled.")
-        self.cache.put(new)
+        await self.cache.put(new)
         return new
 
     # --- ending ------------------------------------------------------------------------
@@ -302,14 +318,14 @@ class UploadService:
         if not rules.is_valid_upload_id(upload_id):
             raise UploadNotFound()
         async with self.locks.hold(upload_id):
-            upload = await self.load(upload_id)
+            upload = await self.load_for_write(upload_id)
             rules.check_available(upload, self.clock())
             layout = await self._layout(upload_id)
             new = await self.repository.transition(upload, status=UploadStatus.TERMINATED)
             if new is None:
-                self.cache.forget(upload_id)
+                await self.cache.forget(upload_id)
                 raise ServerFault("The upload changed while it was being terminated.")
-            self.cache.put(new)
+            await self.cache.put(new)
             await self.store.delete(upload_id, layout)
             await self._forget_layout(upload_id, layout)
 
@@ -320,7 +336,7 @@ class UploadService:
         idle_since = None if idle_for is None else now - idle_for
         reclaimed = 0
         for candidate in await self.repository.expired(now, idle_since):
-            if self.locks.is_held(candidate.id):
+            if await self.locks.held_anywhere(candidate.id):
                 continue  # in use: activity will move its deadline
             async with self.locks.hold(candidate.id, wait=False):
                 current = await self.repository.get(candidate.id)
@@ -335,7 +351,7 @@ class UploadService:
                 )
                 if new is None:
                     continue
-                self.cache.put(new)
+                await self.cache.put(new)
                 await self.store.delete(current.id, layout)
                 await self._forget_layout(current.id, layout)
                 reclaimed += 1
@@ -350,7 +366,7 @@ class UploadService:
             return 0
         assembled = 0
         for upload_id in await self.repository.unassembled():
-            if self.locks.is_held(upload_id):
+            if await self.locks.held_anywhere(upload_id):
                 continue
             async with self.locks.hold(upload_id, wait=False):
                 upload = await self.repository.get(upload_id)

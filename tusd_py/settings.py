@@ -45,6 +45,18 @@ class Settings:
     s3_part_size: int = 8 * 1024 * 1024
     #: part uploads in flight at once in this process (each holds one part in memory)
     s3_max_concurrent_parts: int = 16
+    #: Redis for the shared state cache and the locks of several instances (None: one process)
+    redis_url: str | None = None
+    #: server processes on this host (more than one needs Redis)
+    workers: int = 1
+    #: state database connections kept per process, extra ones allowed, seconds to wait for one
+    db_pool_size: int = 20
+    db_max_overflow: int = 30
+    db_pool_timeout: float = 5.0
+    #: Redis connections per process (requests wait up to db_pool_timeout for one)
+    redis_pool_size: int = 200
+    #: seconds a cached upload state lives in Redis
+    cache_ttl: float = 3600.0
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/") + "/"
@@ -57,6 +69,11 @@ class Settings:
                 object.__setattr__(self, "s3_secure", secure)
         if self.storage != "file" and not self.storage.startswith("s3://"):
             raise ValueError(f"storage must be 'file' or s3://BUCKET/PREFIX, not {self.storage!r}")
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                f"--workers {self.workers} needs --redis-url: several processes must share "
+                "one lock per upload, and only Redis gives them one"
+            )
 
     @property
     def uses_s3(self) -> bool:

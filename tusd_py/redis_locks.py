@@ -1,0 +1,190 @@
+"""RedisLocks: one holder per upload across every instance, with handover (PROTOCOL 23).
+
+Within a process, LocalLocks queues requests and hands over as before. Across processes a
+Redis key is the lock: SET NX with a lease that the holder renews while it streams, and
+released only by its holder (compare the token, then delete, in one script), so a holder
+whose lease ran out can never release its successor's lock.
+
+Handover: a newcomer that finds the key taken publishes the upload id on one channel that
+every instance listens to. The instance that holds the upload asks its holder to let go
+(the same request_stop as in one process): the holder stops reading, saves what it
+received, answers its client and releases. The newcomer polls the key meanwhile and
+proceeds as soon as it is free; after the acquire timeout it answers 423.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from tusd_protocol.errors import UploadLocked
+
+from .locks import Holding, LocalLocks
+
+log = logging.getLogger("tusd_py.redis_locks")
+
+#: KEYS[1] lock; ARGV[1] token. Delete only our own lock.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+#: KEYS[1] lock; ARGV[1] token, ARGV[2] lease in ms. Extend only our own lock.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+#: how often a waiting newcomer looks at the lock: often while a handover is expected,
+#: less often once the holder has had its time to let go
+FAST_POLL = 0.01
+SLOW_POLL = 0.1
+
+
+class RedisLocks:
+    def __init__(
+        self,
+        redis: Redis,
+        acquire_timeout: float = 20.0,
+        handover_timeout: float = 3.0,
+        lease_seconds: float = 10.0,
+        prefix: str = "tusd:",
+    ) -> None:
+        self.redis = redis
+        self.acquire_timeout = acquire_timeout
+        self.handover_timeout = handover_timeout
+        self.lease_ms = int(lease_seconds * 1000)
+        self.prefix = prefix
+        self.channel = f"{prefix}handover"
+        self.local = LocalLocks(acquire_timeout)
+        self._release = redis.register_script(RELEASE)
+        self._renew = redis.register_script(RENEW)
+        #: the holdings of this process, by upload id (for handover requests from others)
+        self._held: dict[str, Holding] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    def key(self, upload_id: str) -> str:
+        return f"{self.prefix}lock:{upload_id}"
+
+    def is_held(self, upload_id: str) -> bool:
+        """Held by a request of this process."""
+        return self.local.is_held(upload_id)
+
+    async def held_anywhere(self, upload_id: str) -> bool:
+        if self.local.is_held(upload_id):
+            return True
+        return bool(await self.redis.exists(self.key(upload_id)))
+
+    # --- handover requests from other instances ---------------------------------------
+
+    async def start(self) -> None:
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._listening.wait()
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self._listening.set()
+                    while True:
+                        # a bounded wait, so that a socket timeout never looks like a fault
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is None or message.get("type") != "message":
+                            continue
+                        data = message.get("data")
+                        upload_id = data.decode() if isinstance(data, bytes) else str(data)
+                        holding = self._held.get(upload_id)
+                        if holding is not None:
+                            holding.request_stop()
+            except RedisError as exc:
+                self._listening.clear()
+                log.warning("handover channel lost (%s); listening again in 1 s", exc)
+                await asyncio.sleep(1)
+
+    # --- holding ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str, *, wait: bool = True) -> AsyncIterator[Holding]:
+        async with self.local.hold(upload_id, wait=wait) as holding:
+            token = secrets.token_hex(16)
+            await self._acquire(upload_id, token, wait)
+            self._held[upload_id] = holding
+            renewer = asyncio.create_task(self._keep(upload_id, token, holding))
+            try:
+                yield holding
+            finally:
+                self._held.pop(upload_id, None)
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+                try:
+                    await self._release(keys=[self.key(upload_id)], args=[token])
+                except RedisError as exc:  # the lease ends by itself
+                    log.warning("could not release the lock of %s: %s", upload_id, exc)
+
+    async def _take(self, upload_id: str, token: str) -> bool:
+        return bool(await self.redis.set(self.key(upload_id), token, nx=True, px=self.lease_ms))
+
+    async def _acquire(self, upload_id: str, token: str, wait: bool) -> None:
+        if await self._take(upload_id, token):
+            return
+        if not wait:
+            raise UploadLocked(headers={"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.acquire_timeout
+        next_ask = started
+        while True:
+            now = loop.time()
+            if now >= next_ask:
+                # whoever holds it, on whichever instance: let go
+                await self.redis.publish(self.channel, upload_id)
+                next_ask = now + self.handover_timeout
+            fast = now - started < self.handover_timeout
+            await asyncio.sleep(FAST_POLL if fast else SLOW_POLL)
+            if await self._take(upload_id, token):
+                return
+            if loop.time() >= deadline:
+                raise UploadLocked(
+                    "Another request holds this upload and did not let go; retry shortly.",
+                    headers={"Retry-After": "2"},
+                )
+
+    async def _keep(self, upload_id: str, token: str, holding: Holding) -> None:
+        """Renew the lease while the holder works; if it was lost, ask the holder to stop."""
+        interval = self.lease_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                renewed = await self._renew(keys=[self.key(upload_id)], args=[token, self.lease_ms])
+            except RedisError as exc:
+                log.warning("could not renew the lock of %s: %s", upload_id, exc)
+                continue
+            if not renewed:
+                log.warning("the lock of %s was lost; its request stops", upload_id)
+                holding.request_stop()
+                return
