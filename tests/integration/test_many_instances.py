@@ -1,0 +1,296 @@
+"""Several tusd-py instances sharing PostgreSQL, Redis and an S3 store (Ceph RGW).
+
+Three server processes on three ports play three hosts behind a load balancer: any request
+may reach any of them. Faults are real: our own Redis server is stopped and started again,
+and the connection to PostgreSQL is cut by a proxy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    PostgresDatabases,
+    ServerProcess,
+    free_port,
+    missing_service,
+    s3_arguments,
+)
+from tests.integration._wire import OCTET, TUS, create, offset_of, patch, path_of, upload_id
+from tests.tcp_proxy import CuttableProxy
+
+MiB = 1024 * 1024
+REDIS_URL = os.environ.get("TUSD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_fleet: Any,
+    postgres_databases: PostgresDatabases,
+) -> Iterator[list[ServerProcess]]:
+    """Three instances: one PostgreSQL database, one Redis, one S3 prefix."""
+    if not redis_reachable(REDIS_URL):
+        missing_service(f"Redis not reachable at {REDIS_URL}")
+    database = postgres_databases.create()
+    endpoint = s3_fleet.endpoint("s3-rgw")
+    prefix = f"{uuid.uuid4().hex[:12]}/"
+    args, env = s3_arguments(endpoint, prefix)
+    root = tmp_path_factory.mktemp("fleet")
+    servers = []
+    for index in range(3):
+        server = ServerProcess(root / f"i{index}", database, [*args, "--redis-url", REDIS_URL], env)
+        server.data_dir.mkdir(parents=True)
+        server.s3 = (endpoint, prefix)
+        servers.append(server.start())
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def on(server: ServerProcess, url: str) -> str:
+    """The same upload's URL on another instance."""
+    return f"{server.files_url}{upload_id(url)}"
+
+
+def test_a_client_sending_each_request_to_another_instance_ends_with_exact_bytes(
+    fleet: list[ServerProcess],
+) -> None:
+    data = os.urandom(13 * MiB + 5)
+    with httpx.Client(headers=TUS, timeout=60) as http:
+        url = create(http_on(http, fleet[0]), len(data))
+        offset, turn = 0, 0
+        while offset < len(data):
+            here = on(fleet[turn % 3], url)
+            turn += 1
+            assert offset_of(http, here) == offset
+            response = patch(http, here, offset, data[offset : offset + 1_500_000])
+            assert response.status_code == 204, response.text
+            offset = int(response.headers["upload-offset"])
+        for server in fleet:
+            assert http.get(on(server, url)).content == data
+
+
+def http_on(http: httpx.Client, server: ServerProcess) -> httpx.Client:
+    http.base_url = httpx.URL(server.base_url)
+    return http
+
+
+def test_a_stuck_patch_on_one_instance_is_taken_over_by_a_resume_on_another(
+    fleet: list[ServerProcess],
+) -> None:
+    data = os.urandom(3 * MiB)
+    a, c = fleet[0], fleet[2]
+    with httpx.Client(base_url=a.base_url, headers=TUS, timeout=60) as http:
+        url = create(http, len(data))
+    stuck = socket.create_connection(("127.0.0.1", a.port), timeout=30)
+    try:
+        head = (
+            f"PATCH {path_of(url)} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            f"Content-Type: {OCTET['Content-Type']}\r\nUpload-Offset: 0\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        stuck.sendall(head + data[:MiB])
+        time.sleep(0.5)  # the client goes silent with 2 MiB unsent
+        started = time.monotonic()
+        with httpx.Client(headers=TUS, timeout=60) as http:
+            offset = offset_of(http, on(c, url))
+            took = time.monotonic() - started
+            # the holder on A let go: its client hears 204 with what was saved
+            assert stuck.recv(4096).startswith(b"HTTP/1.1 204")
+            assert offset == MiB
+            assert took < 3.0, f"the handover took {took:.2f} s"
+            response = patch(http, on(c, url), offset, data[offset:])
+            assert response.status_code == 204, response.text
+            assert http.get(on(fleet[1], url)).content == data
+    finally:
+        stuck.close()
+
+
+def test_two_concurrent_patches_on_two_instances_never_both_write(
+    fleet: list[ServerProcess],
+) -> None:
+    size = 2 * MiB
+    mine, theirs = os.urandom(size), os.urandom(size)
+    with httpx.Client(base_url=fleet[0].base_url, headers=TUS, timeout=60) as http:
+        url = create(http, size)
+    answers: dict[str, int] = {}
+
+    def send(name: str, server: ServerProcess, body: bytes) -> None:
+        # both start at offset 0 and trickle their bodies, so that they overlap in time
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, size, 256 * 1024):
+                yield body[start : start + 256 * 1024]
+                time.sleep(0.05)
+
+        try:
+            response = httpx.patch(
+                on(server, url),
+                headers={**TUS, **OCTET, "Upload-Offset": "0", "Content-Length": str(size)},
+                content=chunks(),
+                timeout=60,
+            )
+            answers[name] = response.status_code
+        except httpx.TransportError:
+            answers[name] = 0  # displaced and cut off: fine, as long as it wrote nothing wrong
+
+    threads = [
+        threading.Thread(target=send, args=("mine", fleet[0], mine)),
+        threading.Thread(target=send, args=("theirs", fleet[1], theirs)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert set(answers.values()) <= {204, 409, 423, 0}, answers
+    assert 204 in answers.values(), answers  # one of them went through
+    with httpx.Client(headers=TUS, timeout=60) as http:
+        offset = offset_of(http, on(fleet[2], url))
+        # what was kept came from one writer only: finishing the upload with "mine" gives
+        # all of mine, or theirs up to the offset and mine after it; mixed bytes give neither
+        response = patch(http, on(fleet[2], url), offset, mine[offset:])
+        assert response.status_code == 204, response.text
+        result = http.get(on(fleet[0], url)).content
+    assert result in (mine, theirs[:offset] + mine[offset:]), "bytes of both writers were mixed"
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A Redis server of this test's own, which the test may stop and start."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing_service("redis-server is not installed")
+    port = free_port()
+    state: dict[str, Any] = {"port": port, "process": None}
+
+    def start() -> None:
+        state["process"] = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not redis_reachable(f"redis://127.0.0.1:{port}/0"):
+            assert time.monotonic() < deadline, "our Redis did not start"
+            time.sleep(0.05)
+
+    def stop() -> None:
+        process = state["process"]
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+    state["start"], state["stop"] = start, stop
+    start()
+    yield state
+    stop()
+
+
+def test_with_redis_down_reads_go_on_and_writes_answer_503_until_it_returns(
+    own_redis: dict[str, Any], tmp_path: Path
+) -> None:
+    server = ServerProcess(
+        tmp_path / "data", None, ["--redis-url", f"redis://127.0.0.1:{own_redis['port']}/0"]
+    ).start()
+    try:
+        data = os.urandom(300_000)
+        with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+            url = create(http, len(data))
+            done = create(http, 3)
+            assert patch(http, done, 0, b"abc").status_code == 204
+            assert patch(http, url, 0, data[:100_000]).status_code == 204
+
+            own_redis["stop"]()
+            assert offset_of(http, url) == 100_000  # from PostgreSQL / SQLite
+            assert http.get(done).content == b"abc"
+            response = patch(http, url, 100_000, data[100_000:200_000])
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"]
+            assert http.delete(url).status_code == 503
+            assert offset_of(http, url) == 100_000  # nothing changed
+
+            own_redis["start"]()
+            deadline = time.monotonic() + 15
+            while True:
+                response = patch(http, url, 100_000, data[100_000:])
+                if response.status_code == 204 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert response.status_code == 204, response.text
+            assert http.get(url).content == data
+    finally:
+        server.stop()
+
+
+def test_with_postgres_cut_off_requests_answer_503_and_nothing_is_half_written(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    if not redis_reachable(REDIS_URL):
+        missing_service(f"Redis not reachable at {REDIS_URL}")
+    database = postgres_databases.create()
+    with CuttableProxy("127.0.0.1", 5432) as proxy:
+        proxied = database.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        server = ServerProcess(tmp_path / "data", proxied, ["--redis-url", REDIS_URL])
+        server.data_dir.mkdir(parents=True)
+        server.start()
+        try:
+            data = os.urandom(400_000)
+            with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+                url = create(http, len(data))
+                assert patch(http, url, 0, data[:100_000]).status_code == 204
+
+                proxy.cut()
+                response = patch(http, url, 100_000, data[100_000:300_000])
+                assert response.status_code == 503, response.text
+                assert response.headers["retry-after"]
+                assert http.post("/files/", headers={"Upload-Length": "5"}).status_code == 503
+
+                proxy.restore()
+                deadline = time.monotonic() + 15
+                while True:
+                    head = http.head(url)
+                    if head.status_code == 200 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+                # the refused PATCH left no trace: the offset is where the 204 left it
+                assert head.headers["upload-offset"] == "100000"
+                response = patch(http, url, 100_000, data[100_000:])
+                assert response.status_code == 204, response.text
+                assert http.get(url).content == data
+        finally:
+            server.stop()
