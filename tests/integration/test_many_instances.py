@@ -175,6 +175,51 @@ def test_two_concurrent_patches_on_two_instances_never_both_write(
     assert result in (mine, theirs[:offset] + mine[offset:]), "bytes of both writers were mixed"
 
 
+class RoundRobin(httpx.HTTPTransport):
+    """Sends each request to the next instance, as a load balancer would."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__()
+        self.ports = ports
+        self.turn = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(port=self.ports[self.turn % len(self.ports)])
+        self.turn += 1
+        return super().handle_request(request)
+
+
+class FleetAsOneServer:
+    """Three instances presented to the stateful test as one server: requests rotate over
+    them, raw connections too; state and bytes are checked where all of them keep them."""
+
+    def __init__(self, servers: list[ServerProcess]) -> None:
+        self.servers = servers
+        first = servers[0]
+        self.base_url = first.base_url
+        self.files_url = first.files_url
+        self.s3 = first.s3
+        self.database_url = first.database_url
+        self.data_dir = first.data_dir
+        self.log_path = first.log_path
+        self.process = first.process
+        self.transport = RoundRobin([server.port for server in servers])
+        self._turn = 0
+
+    @property
+    def port(self) -> int:
+        self._turn += 1
+        return self.servers[self._turn % len(self.servers)].port
+
+
+def test_random_request_sequences_across_instances(fleet: list[ServerProcess]) -> None:
+    from tests.integration.test_stateful import run_machine
+
+    run_machine(FleetAsOneServer(fleet))  # type: ignore[arg-type]
+    for server in fleet:
+        assert server.process is not None and server.process.poll() is None
+
+
 # --- faults -------------------------------------------------------------------------------
 
 

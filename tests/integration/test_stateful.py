@@ -238,7 +238,12 @@ class TusMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.http = httpx.Client(
-            base_url=self.server.base_url, headers={"Tus-Resumable": TUS_VERSION}, timeout=20
+            base_url=self.server.base_url,
+            headers={"Tus-Resumable": TUS_VERSION},
+            timeout=20,
+            # several instances: each request may go to another one (tests/integration/
+            # test_many_instances.py); Host stays the first's, as behind a load balancer
+            transport=getattr(self.server, "transport", None),
         )
         self.uploads: dict[str, Upload] = {}  # live, by label
         self.deleted: dict[str, Upload] = {}

@@ -1,0 +1,468 @@
+"""RedisStateCache and RedisLocks against a real Redis: the state and locks of many instances.
+
+Every test works under its own key prefix (and so its own handover channel) and deletes its
+keys afterwards. Each test runs its own event loop and makes its Redis clients inside it;
+two RedisLocks objects with their own clients stand for two server instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from tests.conftest import missing_service
+from tusd_protocol.errors import UploadLocked
+from tusd_protocol.state import ConcatKind, Upload, UploadStatus
+from tusd_py.locks import HANDOVER
+from tusd_py.redis_cache import RedisStateCache
+from tusd_py.redis_locks import RedisLocks
+
+REDIS_URL = os.environ.get("TUSD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ID = "abcdefghijklmnop"
+T = TypeVar("T")
+
+
+# --- plumbing -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    try:
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2) as client:
+            client.ping()
+    except redis.RedisError as exc:
+        missing_service(f"Redis not reachable at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+def new_prefix() -> str:
+    return f"tusd-test-{uuid.uuid4().hex}:"
+
+
+def delete_keys(url: str, prefix: str) -> None:
+    with redis.Redis.from_url(url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted afterwards."""
+    chosen = new_prefix()
+    yield chosen
+    delete_keys(redis_url, chosen)
+
+
+def run(main: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await main()
+
+    return asyncio.run(bounded())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make(upload_id: str = ID, version: int = 0, offset: int = 0) -> Upload:
+    return Upload(upload_id, UploadStatus.RECEIVING, offset, 100, version=version)
+
+
+@asynccontextmanager
+async def instances(
+    url: str, prefix: str, count: int = 2, **options: Any
+) -> AsyncIterator[tuple[Redis, list[RedisLocks]]]:
+    """`count` server instances (one Redis client each) listening for handover requests,
+    and one more client for the test to look at the keys with."""
+    clients = [Redis.from_url(url) for _ in range(count + 1)]
+    locks = [RedisLocks(client, prefix=prefix, **options) for client in clients[1:]]
+    try:
+        for each in locks:
+            await each.start()
+        yield clients[0], locks
+    finally:
+        for each in locks:
+            await each.stop()
+        for client in clients:
+            await client.aclose()
+
+
+# --- cache ----------------------------------------------------------------------------
+
+
+def test_cache_miss_then_hit_keeps_every_field(redis_url: str, prefix: str) -> None:
+    plain = replace(make("p" * 16), length=None)  # deferred length, defaults elsewhere
+    full = Upload(
+        ID,
+        UploadStatus.FINISHED,
+        offset=1234,
+        length=1234,
+        metadata_header="filename d29ybGQudHh0,is_confidential",
+        concat_kind=ConcatKind.FINAL,
+        concat_header="final;/files/aaaaaaaaaaaaaaaa /files/bbbbbbbbbbbbbbbb",
+        expires_at=datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2))),
+        version=7,
+    )
+
+    async def main() -> tuple[RedisStateCache, list[Upload | None]]:
+        async with Redis.from_url(redis_url) as client:
+            cache = RedisStateCache(client, prefix=prefix)
+            seen = [await cache.get(ID)]
+            await cache.put(full)
+            await cache.put(plain)
+            seen += [await cache.get(ID), await cache.get(plain.id)]
+            return cache, seen
+
+    cache, (missed, got_full, got_plain) = run(main)
+    assert missed is None
+    assert got_full == full
+    assert got_full is not None and got_full.expires_at is not None
+    assert got_full.expires_at.utcoffset() == timedelta(hours=2)  # == alone compares instants
+    assert got_plain == plain and got_plain is not None and got_plain.length is None
+    assert (cache.hits, cache.misses, cache.errors) == (2, 1, 0)
+    assert cache.authoritative is False
+
+
+def test_cache_older_version_never_replaces_newer(redis_url: str, prefix: str) -> None:
+    async def main() -> Upload | None:
+        async with Redis.from_url(redis_url) as client:
+            cache = RedisStateCache(client, prefix=prefix)
+            await cache.put(make(version=5, offset=50))
+            await cache.put(make(version=4, offset=40))
+            return await cache.get(ID)
+
+    assert run(main) == make(version=5, offset=50)
+
+
+def test_cache_same_and_newer_versions_replace(redis_url: str, prefix: str) -> None:
+    refreshed = replace(make(version=3, offset=30), status=UploadStatus.FINISHED)
+
+    async def main() -> list[Upload | None]:
+        async with Redis.from_url(redis_url) as client:
+            cache = RedisStateCache(client, prefix=prefix)
+            await cache.put(make(version=3, offset=30))
+            await cache.put(refreshed)  # a refresh from the database rewrites the same version
+            seen = [await cache.get(ID)]
+            await cache.put(make(version=4, offset=40))
+            seen.append(await cache.get(ID))
+            return seen
+
+    assert run(main) == [refreshed, make(version=4, offset=40)]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=0, max_value=20), min_size=1, max_size=12))
+def test_cache_stored_version_is_the_highest_written(redis_url: str, versions: list[int]) -> None:
+    chosen = new_prefix()
+
+    async def main() -> Upload | None:
+        async with Redis.from_url(redis_url) as client:
+            cache = RedisStateCache(client, prefix=chosen)
+            for version in versions:
+                await cache.put(make(version=version, offset=version))
+            return await cache.get(ID)
+
+    try:
+        cached = run(main)
+    finally:
+        delete_keys(redis_url, chosen)
+    assert cached is not None
+    assert cached.version == max(versions)
+    assert cached.offset == max(versions)
+
+
+def test_cache_entry_expires_after_the_ttl(redis_url: str, prefix: str) -> None:
+    async def main() -> int:
+        async with Redis.from_url(redis_url) as client:
+            cache = RedisStateCache(client, ttl_seconds=60, prefix=prefix)
+            await cache.put(make())
+            return int(await client.pttl(cache.key(ID)))
+
+    assert 58_000 < run(main) <= 60_000
+
+
+def test_cache_forget_removes_the_entry(redis_url: str, prefix: str) -> None:
+    async def main() -> tuple[Upload | None, int]:
+        async with Redis.from_url(redis_url) as client:
+            cache = RedisStateCache(client, prefix=prefix)
+            await cache.put(make(version=9))
+            await cache.forget(ID)
+            await cache.forget(ID)  # idempotent
+            return await cache.get(ID), int(await client.exists(cache.key(ID)))
+
+    assert run(main) == (None, 0)
+
+
+def test_cache_unreachable_redis_is_a_miss_and_never_raises() -> None:
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+
+    async def main() -> None:
+        async with Redis.from_url(url, socket_connect_timeout=0.5) as client:
+            cache = RedisStateCache(client, prefix=new_prefix())
+            assert await cache.get(ID) is None
+            assert (cache.hits, cache.misses, cache.errors) == (0, 1, 1)
+            await cache.put(make())  # must not raise
+            after_put = cache.errors
+            assert after_put > 1
+            await cache.forget(ID)  # must not raise
+            assert cache.errors == after_put + 1
+
+    run(main)
+
+
+# --- locks ----------------------------------------------------------------------------
+
+
+def test_lock_free_upload_is_taken_at_once_and_released_after(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, count=1, lease_seconds=10) as (client, [a]):
+            key = a.key(ID)
+            started = now()
+            async with a.hold(ID) as holding:
+                assert now() - started < 0.5
+                assert holding.upload_id == ID and not holding.stop_requested
+                assert a.is_held(ID)
+                token = await client.get(key)
+                assert token is not None and len(token) >= 16
+                assert 9_000 < await client.pttl(key) <= 10_000
+            assert not a.is_held(ID)
+            assert await client.exists(key) == 0
+
+    run(main)
+
+
+def test_lock_held_anywhere_sees_another_instance(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix) as (_, [a, b]):
+            assert not await b.held_anywhere(ID)
+            async with a.hold(ID):
+                assert await b.held_anywhere(ID)
+                assert not b.is_held(ID)  # not by a request of b's process
+            assert not await b.held_anywhere(ID)
+
+    run(main)
+
+
+def test_lock_handover_from_another_instance(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, acquire_timeout=5) as (_, [a, b]):
+            entered = asyncio.Event()
+            times: dict[str, float] = {}
+
+            async def busy_holder() -> None:
+                async with a.hold(ID) as holding:
+                    entered.set()
+                    # busy elsewhere: it is not cancelled, it looks at stop_requested
+                    await until(lambda: holding.stop_requested)
+                    times["asked"] = now()
+                    await asyncio.sleep(0.1)  # saves what it received, answers its client
+                    times["let go"] = now()
+
+            holder = asyncio.create_task(busy_holder())
+            await entered.wait()
+            times["newcomer"] = now()
+            async with b.hold(ID) as newcomer:
+                times["got"] = now()
+                assert not newcomer.stop_requested
+            await holder
+
+            assert times["asked"] - times["newcomer"] < 0.5
+            remaining_hold = times["let go"] - times["newcomer"]
+            assert times["got"] >= times["let go"]  # never two holders
+            assert times["got"] - times["newcomer"] < remaining_hold + 0.5
+
+    run(main)
+
+
+def test_lock_handover_cancels_a_receiving_holder_on_another_instance(
+    redis_url: str, prefix: str
+) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, acquire_timeout=5) as (_, [a, b]):
+            entered = asyncio.Event()
+            log: list[str] = []
+
+            async def receiving_holder() -> None:
+                async with a.hold(ID) as holding:
+                    entered.set()
+                    holding.receiving = True
+                    try:
+                        await asyncio.Event().wait()  # body bytes that never come
+                    except asyncio.CancelledError as exc:
+                        assert HANDOVER in exc.args and holding.is_handover(exc)
+                        log.append("handed over")
+                    finally:
+                        holding.receiving = False
+                    await asyncio.sleep(0.01)
+                    log.append("saved")
+
+            holder = asyncio.create_task(receiving_holder())
+            await entered.wait()
+            async with b.hold(ID):
+                log.append("newcomer in")
+            await holder
+            assert log == ["handed over", "saved", "newcomer in"]
+
+    run(main)
+
+
+def test_lock_holder_that_never_lets_go_makes_the_newcomer_423(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, acquire_timeout=0.5) as (client, [a, b]):
+            entered, release = asyncio.Event(), asyncio.Event()
+
+            async def stuck_holder() -> bool:
+                async with a.hold(ID) as holding:
+                    entered.set()
+                    await release.wait()  # neither receiving nor looking at stop_requested
+                    return holding.stop_requested
+
+            holder = asyncio.create_task(stuck_holder())
+            await entered.wait()
+            started = now()
+            with pytest.raises(UploadLocked) as info:
+                async with b.hold(ID):
+                    pytest.fail("the newcomer must not get the lock")
+            waited = now() - started
+            assert info.value.status == 423
+            assert info.value.code == "ERR_UPLOAD_LOCKED"
+            assert "Retry-After" in info.value.headers
+            assert 0.45 <= waited < 1.5
+            assert not holder.done()
+            release.set()
+            assert await holder is True  # it was asked, over the channel
+            assert await client.exists(a.key(ID)) == 0
+            # the failed newcomer left nothing behind
+            async with b.hold(ID, wait=False):
+                pass
+
+    run(main)
+
+
+def test_lock_wait_false_raises_423_at_once(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with (
+            instances(redis_url, prefix, acquire_timeout=30) as (_, [a, b]),
+            a.hold(ID) as holding,
+        ):
+            started = now()
+            with pytest.raises(UploadLocked) as info:
+                async with b.hold(ID, wait=False):
+                    pytest.fail("the newcomer must not get the lock")
+            assert now() - started < 0.3
+            assert info.value.status == 423
+            assert "Retry-After" in info.value.headers
+            # a request that does not wait does not ask the holder to stop
+            await asyncio.sleep(0.1)
+            assert not holding.stop_requested
+            assert not b.is_held(ID)
+
+    run(main)
+
+
+def test_lock_fenced_release_keeps_a_successors_lock(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, count=1) as (client, [a]):
+            key = a.key(ID)
+            async with a.hold(ID):
+                # the lease ran out and another instance took the lock
+                await client.set(key, "successor-token")
+            assert await client.get(key) == b"successor-token"
+
+    run(main)
+
+
+def test_lock_renewal_keeps_the_lock_beyond_its_lease(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, lease_seconds=0.3, acquire_timeout=0.2) as (
+            client,
+            [a, b],
+        ):
+            key = a.key(ID)
+            async with a.hold(ID) as holding:
+                token = await client.get(key)
+                await asyncio.sleep(1.0)  # more than three leases
+                assert await client.get(key) == token
+                assert await client.pttl(key) > 0
+                assert not holding.stop_requested
+                with pytest.raises(UploadLocked):
+                    async with b.hold(ID, wait=False):
+                        pass
+            assert await client.exists(key) == 0
+
+    run(main)
+
+
+def test_lock_renewal_notices_a_stolen_lock_and_asks_to_stop(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, count=1, lease_seconds=0.3) as (client, [a]):
+            key = a.key(ID)
+            async with a.hold(ID) as holding:
+                await client.set(key, "thief", px=5_000)
+                stolen = now()
+                await until(lambda: holding.stop_requested, timeout=1.0)
+                # renewals come every lease/3
+                assert now() - stolen < 0.3
+            assert await client.get(key) == b"thief"
+
+    run(main)
+
+
+def test_lock_two_requests_in_one_process_are_serialized(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, count=1, acquire_timeout=5) as (client, [a]):
+            key = a.key(ID)
+            entered = asyncio.Event()
+            events: list[str] = []
+            tokens: list[bytes | str | None] = []
+
+            async def first() -> None:
+                async with a.hold(ID) as holding:
+                    tokens.append(await client.get(key))
+                    events.append("first in")
+                    entered.set()
+                    await until(lambda: holding.stop_requested)
+                    events.append("first asked")
+                    await asyncio.sleep(0.05)
+                    events.append("first out")
+
+            async def second() -> None:
+                async with a.hold(ID):
+                    tokens.append(await client.get(key))
+                    events.append("second in")
+
+            first_task = asyncio.create_task(first())
+            await entered.wait()
+            await asyncio.gather(first_task, second())
+            assert events == ["first in", "first asked", "first out", "second in"]
+            assert len(tokens) == 2 and None not in tokens and tokens[0] != tokens[1]
+            assert await client.exists(key) == 0
+
+    run(main)
