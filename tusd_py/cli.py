@@ -207,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         "503. Env TUSD_DB_POOL_TIMEOUT. Default: 5",
     )
     serve.add_argument(
+        "--cache-ttl",
+        type=_seconds,
+        default=_env("CACHE_TTL", 3600.0, _seconds),
+        help="seconds an upload's state stays in the Redis cache; 0 switches the cache off "
+        "(every HEAD reads the database). Env TUSD_CACHE_TTL. Default: 3600",
+    )
+    serve.add_argument(
         "--redis-pool-size",
         type=_positive,
         default=_env("REDIS_POOL_SIZE", 200, _positive),
@@ -320,6 +327,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             db_max_overflow=args.db_max_overflow,
             db_pool_timeout=args.db_pool_timeout,
             redis_pool_size=args.redis_pool_size,
+            cache_ttl=args.cache_ttl,
         )
     return Settings(**options)
 
