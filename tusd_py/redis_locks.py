@@ -71,6 +71,9 @@ class RedisLocks:
         self._renew = redis.register_script(RENEW)
         #: the holdings of this process, by upload id (for handover requests from others)
         self._held: dict[str, Holding] = {}
+        #: names this process on the handover channel: its own requests are handed over
+        #: by LocalLocks, so it ignores what it published itself
+        self.instance = secrets.token_hex(8)
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
@@ -107,18 +110,21 @@ class RedisLocks:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)
-                    self._listening.set()
                     while True:
                         # a bounded wait, so that a socket timeout never looks like a fault
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=1.0
-                        )
-                        if message is None or message.get("type") != "message":
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is None:
+                            continue
+                        if message.get("type") == "subscribe":
+                            self._listening.set()  # Redis confirmed: nothing is missed now
+                            continue
+                        if message.get("type") != "message":
                             continue
                         data = message.get("data")
-                        upload_id = data.decode() if isinstance(data, bytes) else str(data)
+                        text = data.decode() if isinstance(data, bytes) else str(data)
+                        sender, _, upload_id = text.partition(" ")
                         holding = self._held.get(upload_id)
-                        if holding is not None:
+                        if holding is not None and sender != self.instance:
                             holding.request_stop()
             except RedisError as exc:
                 self._listening.clear()
@@ -129,9 +135,11 @@ class RedisLocks:
 
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str, *, wait: bool = True) -> AsyncIterator[Holding]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.acquire_timeout  # one deadline, local wait included
         async with self.local.hold(upload_id, wait=wait) as holding:
             token = secrets.token_hex(16)
-            await self._acquire(upload_id, token, wait)
+            await self._acquire(upload_id, token, wait, deadline)
             self._held[upload_id] = holding
             renewer = asyncio.create_task(self._keep(upload_id, token, holding))
             try:
@@ -149,20 +157,19 @@ class RedisLocks:
     async def _take(self, upload_id: str, token: str) -> bool:
         return bool(await self.redis.set(self.key(upload_id), token, nx=True, px=self.lease_ms))
 
-    async def _acquire(self, upload_id: str, token: str, wait: bool) -> None:
+    async def _acquire(self, upload_id: str, token: str, wait: bool, deadline: float) -> None:
         if await self._take(upload_id, token):
             return
         if not wait:
             raise UploadLocked(headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = started + self.acquire_timeout
         next_ask = started
         while True:
             now = loop.time()
             if now >= next_ask:
                 # whoever holds it, on whichever instance: let go
-                await self.redis.publish(self.channel, upload_id)
+                await self.redis.publish(self.channel, f"{self.instance} {upload_id}")
                 next_ask = now + self.handover_timeout
             fast = now - started < self.handover_timeout
             await asyncio.sleep(FAST_POLL if fast else SLOW_POLL)

@@ -299,9 +299,7 @@ class S3Store(Store):
             return layout  # already assembled
         if total == 0:
             await self.run(self._put, key, b"")
-            await self.run(
-                s3api.abort_multipart_upload, self.client, self.bucket, key, layout.handle
-            )
+            await self.abort_quietly(key, layout.handle)
             return replace(layout, handle=None)
         part_size = part_size_for(total, self.config.part_size)
         spans: list[tuple[str, int, int]] = []  # (source key, first byte, end) in order
@@ -353,6 +351,11 @@ class S3Store(Store):
     ) -> Layout:
         if layout.handle is None or layout.key is None:
             return layout  # whole already (zero length, concatenated, or finished before)
+        if length == 0:
+            # a deferred upload declared empty: S3 completes no multipart upload without parts
+            await self.run(self._put, layout.key, b"")
+            await self.abort_quietly(layout.key, layout.handle)
+            return replace(layout, handle=None, fragments=())
         parts = list(parts)
         if layout.fragments:
             # the length was declared after the last bytes came: they are the last part
@@ -398,15 +401,17 @@ class S3Store(Store):
     async def delete(self, upload_id: str, layout: Layout = EMPTY_LAYOUT) -> None:
         key = layout.key or self.key(upload_id)
         if layout.handle is not None:
-            try:
-                await self.run(
-                    s3api.abort_multipart_upload, self.client, self.bucket, key, layout.handle
-                )
-            except StorageError as exc:
-                if not _is_missing(exc):
-                    raise
+            await self.abort_quietly(key, layout.handle)
         await self.run(self.client.remove_object, self.bucket, key)
         await self._remove_fragments(upload_id)
+
+    async def abort_quietly(self, key: str, handle: str) -> None:
+        """AbortMultipartUpload; one that is gone already is fine."""
+        try:
+            await self.run(s3api.abort_multipart_upload, self.client, self.bucket, key, handle)
+        except StorageError as exc:
+            if not _is_missing(exc):
+                raise
 
     async def discard(self, keys: Sequence[str]) -> None:
         if keys:
@@ -434,17 +439,7 @@ class S3Store(Store):
                 continue
             if upload.initiated is not None and upload.initiated > cutoff:
                 continue  # perhaps an upload being created right now
-            try:
-                await self.run(
-                    s3api.abort_multipart_upload,
-                    self.client,
-                    self.bucket,
-                    upload.key,
-                    upload.upload_id,
-                )
-            except StorageError as exc:
-                if not _is_missing(exc):
-                    raise
+            await self.abort_quietly(upload.key, upload.upload_id)
             log.info("aborted orphaned multipart upload %s of %s", upload.upload_id, upload.key)
             removed += 1
         owners = await self.run(self._fragment_owners, cutoff)

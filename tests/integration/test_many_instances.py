@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -339,3 +340,91 @@ def test_with_postgres_cut_off_requests_answer_503_and_nothing_is_half_written(
                 assert http.get(url).content == data
         finally:
             server.stop()
+
+
+def test_an_exhausted_database_pool_answers_503_within_its_timeout(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    if not redis_reachable(REDIS_URL):
+        missing_service(f"Redis not reachable at {REDIS_URL}")
+    import psycopg
+
+    database = postgres_databases.create()
+    pool = ["--db-pool-size", "1", "--db-max-overflow", "0", "--db-pool-timeout", "1"]
+    server = ServerProcess(
+        tmp_path / "data", database, ["--redis-url", REDIS_URL, "--cache-ttl", "0", *pool]
+    )
+    server.data_dir.mkdir(parents=True)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+            busy, other = create(http, 10), create(http, 10)
+            dsn = database.replace("postgresql+psycopg://", "postgresql://", 1)
+            with psycopg.connect(dsn) as blocker:
+                # hold the row: the PATCH's commit waits for it, keeping the only connection
+                blocker.execute(
+                    "SELECT 1 FROM uploads WHERE id = %s FOR UPDATE", (upload_id(busy),)
+                )
+                patching = threading.Thread(target=patch, args=(http, busy, 0, b"0123456789"))
+                patching.start()
+                time.sleep(0.5)
+                started = time.monotonic()
+                with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as second:
+                    response = second.head(other)
+                waited = time.monotonic() - started
+                assert response.status_code == 503
+                assert response.headers["retry-after"]
+                assert waited < 5, f"the request waited {waited:.1f} s for a connection"
+                blocker.rollback()
+            patching.join(30)
+            assert offset_of(http, busy) == 10
+            assert offset_of(http, other) == 0
+    finally:
+        server.stop()
+
+
+def test_workers_need_redis(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tusd_py", "serve", "--data-dir", str(tmp_path), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--redis-url" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_several_worker_processes_serve_one_upload(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    if not redis_reachable(REDIS_URL):
+        missing_service(f"Redis not reachable at {REDIS_URL}")
+    import psutil
+
+    database = postgres_databases.create()
+    server = ServerProcess(
+        tmp_path / "data", database, ["--workers", "2", "--redis-url", REDIS_URL]
+    )
+    server.data_dir.mkdir(parents=True)
+    server.start()
+    try:
+        workers = [
+            child
+            for child in psutil.Process(server.pid()).children(recursive=True)
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        assert len(workers) == 2, [c.cmdline() for c in workers]
+        data = os.urandom(1_000_000)
+        with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+            url = create(http, len(data))
+            for offset in range(0, len(data), 100_000):
+                # a fresh connection each time: the kernel spreads them over the workers
+                with httpx.Client(headers=TUS, timeout=30) as fresh:
+                    assert offset_of(fresh, url) == offset
+                    assert (
+                        patch(fresh, url, offset, data[offset : offset + 100_000]).status_code
+                        == 204
+                    )
+            assert http.get(url).content == data
+    finally:
+        server.stop()

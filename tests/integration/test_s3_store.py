@@ -577,3 +577,13 @@ def test_serve_refuses_a_missing_bucket_with_a_sentence(
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "--s3-create-bucket" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_deferred_upload_declared_empty_is_an_empty_object(
+    server: ServerProcess, s3_client: httpx.Client
+) -> None:
+    url = create(s3_client, defer=True)
+    response = patch(s3_client, url, 0, b"", headers={"Upload-Length": "0"})
+    assert response.status_code == 204, response.text
+    assert get(url).content == b""
+    assert open_multipart(server, url) == []
