@@ -200,11 +200,17 @@ def build_app(settings: Settings) -> Starlette:
         return PlainTextResponse("ok\n")
 
     async def ready(request: Request) -> Response:
+        """Ready when the backing services answer (a load balancer takes it out if not)."""
         try:
             async with engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         except Exception as exc:
             return PlainTextResponse(f"ERR_UNAVAILABLE: database: {exc}\n", status_code=503)
+        if redis is not None:
+            try:
+                await redis.ping()
+            except Exception as exc:
+                return PlainTextResponse(f"ERR_UNAVAILABLE: redis: {exc}\n", status_code=503)
         return PlainTextResponse("ok\n")
 
     base = settings.base_path

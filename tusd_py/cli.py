@@ -76,6 +76,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _at_least_two(value: str) -> int:
+    number = int(value)
+    if number < 2:
+        raise argparse.ArgumentTypeError("must be at least 2 (the handover listener keeps one)")
+    return number
+
+
 def _add_object_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
@@ -215,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--redis-pool-size",
-        type=_positive,
-        default=_env("REDIS_POOL_SIZE", 200, _positive),
+        type=_at_least_two,
+        default=_env("REDIS_POOL_SIZE", 200, _at_least_two),
         help="Redis connections per process. Env TUSD_REDIS_POOL_SIZE. Default: 200",
     )
     serve.add_argument(
@@ -367,6 +374,8 @@ def serve(settings: Settings) -> int:
         "log_level": settings.log_level,
         "proxy_headers": False,
         "server_header": False,
+        # on SIGTERM, requests in flight get this long to finish (a PATCH saves what it has)
+        "timeout_graceful_shutdown": 30,
     }
     if settings.workers > 1:
         # each worker process builds its own application from the same settings

@@ -117,7 +117,9 @@ def make_engine(url: str, **options: Any) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True, **options)
+    # a database host that drops packets must cost seconds, not the kernel's minutes
+    connect_args = {} if "connect_timeout" in url else {"connect_timeout": 5}
+    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, **options)
 
 
 def _row_to_upload(row: sa.Row[Any]) -> Upload:

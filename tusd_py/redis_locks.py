@@ -182,15 +182,22 @@ class RedisLocks:
                 )
 
     async def _keep(self, upload_id: str, token: str, holding: Holding) -> None:
-        """Renew the lease while the holder works; if it was lost, ask the holder to stop."""
+        """Renew the lease while the holder works; if it was lost, or cannot be renewed
+        before half of it is gone, ask the holder to stop (and save what it has) before
+        another instance may take the upload."""
+        loop = asyncio.get_running_loop()
         interval = self.lease_ms / 3000
+        renewed_at = loop.time()
         while True:
             await asyncio.sleep(interval)
             try:
                 renewed = await self._renew(keys=[self.key(upload_id)], args=[token, self.lease_ms])
             except RedisError as exc:
                 log.warning("could not renew the lock of %s: %s", upload_id, exc)
+                if loop.time() - renewed_at > self.lease_ms / 2000:
+                    holding.request_stop()
                 continue
+            renewed_at = loop.time()
             if not renewed:
                 log.warning("the lock of %s was lost; its request stops", upload_id)
                 holding.request_stop()

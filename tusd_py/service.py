@@ -19,7 +19,13 @@ from starlette.types import Receive
 from tusd_protocol import decisions as rules
 from tusd_protocol.checksums import new_hasher
 from tusd_protocol.decisions import AppendOutcome, AppendPlan, ByteRange, Headers, Limits
-from tusd_protocol.errors import PartialNotFound, ProtocolError, ServerFault, UploadNotFound
+from tusd_protocol.errors import (
+    PartialNotFound,
+    ProtocolError,
+    ServerFault,
+    UploadLocked,
+    UploadNotFound,
+)
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
 from tusd_storage import EMPTY_LAYOUT, Layout, LiveUploads, Source, Store, Stored
 
@@ -160,21 +166,21 @@ class UploadService:
             concat_header=plan.concat_header,
             expires_at=rules.next_expiry(self.limits, now, status),
         )
-        layout = await self.store.create(upload.id, length)
-        try:
-            await self.repository.insert(upload, plan.metadata, partial_ids, now, layout)
-        except BaseException:
-            await self.store.delete(upload.id, layout)
-            raise
-        await self.cache.put(upload)
-        if status is UploadStatus.FINISHED:
-            await self._assemble(upload)
-
-        if plan.concat_kind is ConcatKind.FINAL and rules.final_ready(partials):
-            async with self.locks.hold(upload.id):
+        # a new upload is locked from birth: no one else knows its id yet, but taking the lock
+        # first means that without a lock service nothing is created (503, not half an upload)
+        async with self.locks.hold(upload.id) as holding:
+            layout = await self.store.create(upload.id, length)
+            try:
+                await self.repository.insert(upload, plan.metadata, partial_ids, now, layout)
+            except BaseException:
+                await self.store.delete(upload.id, layout)
+                raise
+            await self.cache.put(upload)
+            if status is UploadStatus.FINISHED:
+                await self._assemble(upload)
+            if plan.concat_kind is ConcatKind.FINAL and rules.final_ready(partials):
                 upload = await self._assemble_if_ready(upload)
-        if plan.initial_append is not None:
-            async with self.locks.hold(upload.id) as holding:
+            if plan.initial_append is not None:
                 try:
                     upload = await self._receive(upload, plan.initial_append, receive, holding)
                 except ProtocolError:
@@ -338,26 +344,32 @@ class UploadService:
         for candidate in await self.repository.expired(now, idle_since):
             if await self.locks.held_anywhere(candidate.id):
                 continue  # in use: activity will move its deadline
-            async with self.locks.hold(candidate.id, wait=False):
-                current = await self.repository.get(candidate.id)
-                # unchanged since the query (so still idle), or past its own deadline
-                if current is None or not (
-                    current.version == candidate.version or rules.is_expired(current, now)
-                ):
-                    continue
-                layout = await self._layout(current.id)
-                new = await self.repository.transition(
-                    current, status=UploadStatus.EXPIRED, expires_at=current.expires_at
-                )
-                if new is None:
-                    continue
-                await self.cache.put(new)
-                await self.store.delete(current.id, layout)
-                await self._forget_layout(current.id, layout)
-                reclaimed += 1
+            try:
+                reclaimed += await self._expire(candidate, now)
+            except UploadLocked:
+                continue  # taken meanwhile (another instance's sweeper, a request)
         if reclaimed:
             log.info("reclaimed %d expired uploads", reclaimed)
         return reclaimed
+
+    async def _expire(self, candidate: Upload, now: datetime) -> bool:
+        async with self.locks.hold(candidate.id, wait=False):
+            current = await self.repository.get(candidate.id)
+            # unchanged since the query (so still idle), or past its own deadline
+            if current is None or not (
+                current.version == candidate.version or rules.is_expired(current, now)
+            ):
+                return False
+            layout = await self._layout(current.id)
+            new = await self.repository.transition(
+                current, status=UploadStatus.EXPIRED, expires_at=current.expires_at
+            )
+            if new is None:
+                return False
+            await self.cache.put(new)
+            await self.store.delete(current.id, layout)
+            await self._forget_layout(current.id, layout)
+            return True
 
     async def assemble_pending(self) -> int:
         """Finish the assembly of finished uploads whose assembly failed before (the store
@@ -368,15 +380,24 @@ class UploadService:
         for upload_id in await self.repository.unassembled():
             if await self.locks.held_anywhere(upload_id):
                 continue
-            async with self.locks.hold(upload_id, wait=False):
-                upload = await self.repository.get(upload_id)
-                if upload is None or upload.status is not UploadStatus.FINISHED:
-                    continue
-                await self._assemble(upload)
-                assembled += 1
+            try:
+                upload = await self._assemble_pending_one(upload_id)
+            except UploadLocked:
+                continue
+            if upload is None:
+                continue
+            assembled += 1
             if upload.is_partial:
                 await self._complete_waiting_finals(upload.id)
         return assembled
+
+    async def _assemble_pending_one(self, upload_id: str) -> Upload | None:
+        async with self.locks.hold(upload_id, wait=False):
+            upload = await self.repository.get(upload_id)
+            if upload is None or upload.status is not UploadStatus.FINISHED:
+                return None
+            await self._assemble(upload)
+            return upload
 
     async def collect_orphans(self, min_age: timedelta) -> int:
         """Remove what the store holds that no upload we keep refers to (S3: multipart

@@ -288,6 +288,7 @@ def test_with_redis_down_reads_go_on_and_writes_answer_503_until_it_returns(
             assert response.status_code == 503, response.text
             assert response.headers["retry-after"]
             assert http.delete(url).status_code == 503
+            assert http.post("/files/", headers={"Upload-Length": "5"}).status_code == 503
             assert offset_of(http, url) == 100_000  # nothing changed
 
             own_redis["start"]()
