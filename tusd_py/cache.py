@@ -25,6 +25,9 @@ class UploadCache(Protocol):
 
     async def put(self, upload: Upload) -> None: ...
 
+    async def refresh(self, upload: Upload) -> None:
+        """Write the database's record whatever the entry's version (lock holders only)."""
+
     async def forget(self, upload_id: str) -> None: ...
 
 
@@ -55,6 +58,10 @@ class StateCache:
         self._entries.move_to_end(upload.id)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+    async def refresh(self, upload: Upload) -> None:
+        self._entries.pop(upload.id, None)
+        await self.put(upload)
 
     async def forget(self, upload_id: str) -> None:
         self._entries.pop(upload_id, None)

@@ -117,6 +117,22 @@ class RedisStateCache:
             log.warning("Redis did not take the state of %s: %s", upload.id, exc)
             await self.forget(upload.id)
 
+    async def refresh(self, upload: Upload) -> None:
+        """Write the database's record whatever version the entry has: only a holder of the
+        upload's lock may call this (no commit can race it), after reading the database.
+        It repairs an entry that is ahead of the truth (a database restored from a backup)."""
+        if self.ttl_ms <= 0:
+            return
+        try:
+            await self.redis.hset(
+                self.key(upload.id), mapping={"v": upload.version, "s": encode_upload(upload)}
+            )
+            await self.redis.pexpire(self.key(upload.id), self.ttl_ms)
+        except RedisError as exc:
+            self.errors += 1
+            log.warning("Redis did not take the state of %s: %s", upload.id, exc)
+            await self.forget(upload.id)
+
     async def forget(self, upload_id: str) -> None:
         try:
             await self.redis.delete(self.key(upload_id))

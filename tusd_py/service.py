@@ -105,7 +105,7 @@ class UploadService:
         upload = await self.repository.get(upload_id)
         if upload is None:
             raise UploadNotFound()
-        await self.cache.put(upload)
+        await self.cache.refresh(upload)  # we hold the lock: the database's word is final
         return upload
 
     async def download(self, upload_id: str, range_header: str | None) -> Download:

@@ -322,6 +322,8 @@ def test_with_postgres_cut_off_requests_answer_503_and_nothing_is_half_written(
                 assert patch(http, url, 0, data[:100_000]).status_code == 204
 
                 proxy.cut()
+                # a HEAD that finds the upload in the Redis cache needs no database
+                assert offset_of(http, url) == 100_000
                 response = patch(http, url, 100_000, data[100_000:300_000])
                 assert response.status_code == 503, response.text
                 assert response.headers["retry-after"]
@@ -429,3 +431,25 @@ def test_several_worker_processes_serve_one_upload(
             assert http.get(url).content == data
     finally:
         server.stop()
+
+
+def test_a_409_refreshes_a_cache_entry_that_lies(fleet: list[ServerProcess]) -> None:
+    import json
+
+    import redis
+
+    data = os.urandom(50_000)
+    with httpx.Client(base_url=fleet[0].base_url, headers=TUS, timeout=30) as http:
+        url = create(http, len(data))
+        assert patch(http, url, 0, data[:20_000]).status_code == 204
+        # make the shared cache say something wrong, with a version no writer has reached
+        client = redis.Redis.from_url(REDIS_URL)
+        key = f"tusd:upload:{upload_id(url)}"
+        state = json.loads(client.hget(key, "s"))  # type: ignore[arg-type]
+        state.update(offset=7, version=10**6)
+        client.hset(key, mapping={"v": 10**6, "s": json.dumps(state)})
+        assert offset_of(http, on(fleet[1], url)) == 7  # HEAD believes the cache
+        response = patch(http, on(fleet[2], url), 7, data[7:])
+        assert response.status_code == 409
+        assert response.headers["upload-offset"] == "20000"  # the database's word
+        assert offset_of(http, on(fleet[1], url)) == 20_000  # and the cache was refreshed
