@@ -453,3 +453,15 @@ def test_a_409_refreshes_a_cache_entry_that_lies(fleet: list[ServerProcess]) -> 
         assert response.status_code == 409
         assert response.headers["upload-offset"] == "20000"  # the database's word
         assert offset_of(http, on(fleet[1], url)) == 20_000  # and the cache was refreshed
+
+
+def test_postgres_without_redis_says_that_only_one_instance_may_use_it(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    server = ServerProcess(tmp_path / "data", postgres_databases.create())
+    server.data_dir.mkdir(parents=True)
+    server.start()
+    try:
+        assert "only this one instance may use this database" in server.log_path.read_text()
+    finally:
+        server.stop()
