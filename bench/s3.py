@@ -83,7 +83,13 @@ class S3Server(Server):
         return self.prefix + url.rstrip("/").rsplit("/", 1)[1]
 
 
-def tusd_py(port: int, base: Path, s3: S3Endpoint, part_mib: int | None = None) -> S3Server:
+def tusd_py(
+    port: int,
+    base: Path,
+    s3: S3Endpoint,
+    part_mib: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> S3Server:
     name = "tusd-py" if part_mib is None else f"tusd-py {part_mib} MiB parts"
     bucket = "tusd-py" if part_mib is None else f"tusd-py-{part_mib}"
     data = base / bucket
@@ -109,7 +115,11 @@ def tusd_py(port: int, base: Path, s3: S3Endpoint, part_mib: int | None = None) 
             *extra,
         ]
 
-    env = {"TUSD_S3_ACCESS_KEY": s3.access_key, "TUSD_S3_SECRET_KEY": s3.secret_key}
+    env = {
+        "TUSD_S3_ACCESS_KEY": s3.access_key,
+        "TUSD_S3_SECRET_KEY": s3.secret_key,
+        **(extra_env or {}),
+    }
     return S3Server(name, command, port, data, env, bucket, prefix="bench/")
 
 
@@ -300,9 +310,17 @@ def main() -> int:
         default=16,
         help="also run tusd-py with this --s3-part-size in MiB (0: not)",
     )
+    parser.add_argument(
+        "--tusd-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for tusd-py (e.g. MALLOC_MMAP_THRESHOLD_=1048576); repeatable",
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-counts", action="store_true")
     args = parser.parse_args()
+    tusd_env = dict(item.split("=", 1) for item in args.tusd_env)
     args.dir.mkdir(parents=True, exist_ok=True)
     source = args.dir / f"source-{args.size_mib}.bin"
     if not source.exists() or source.stat().st_size != args.size_mib * MiB:
@@ -313,9 +331,9 @@ def main() -> int:
     rgw = start_rgw(args.dir / "rgw", free_port())
     try:
         s3 = rgw.endpoint
-        servers = [tusd_py(18191, args.dir, s3), tus_node(18192, args.dir, s3)]
+        servers = [tusd_py(18191, args.dir, s3, None, tusd_env), tus_node(18192, args.dir, s3)]
         if args.extra_part_mib:
-            servers.append(tusd_py(18193, args.dir, s3, args.extra_part_mib))
+            servers.append(tusd_py(18193, args.dir, s3, args.extra_part_mib, tusd_env))
         print(f"RGW on {s3.url}; load average {os.getloadavg()}", flush=True)
         seconds = warm_up(rgw, args.size_mib * MiB)
         print(f"warm-up: {args.size_mib} MiB in {seconds:.1f} s", flush=True)
