@@ -124,10 +124,12 @@ class RedisStateCache:
         if self.ttl_ms <= 0:
             return
         try:
-            await self.redis.hset(
-                self.key(upload.id), mapping={"v": upload.version, "s": encode_upload(upload)}
-            )
-            await self.redis.pexpire(self.key(upload.id), self.ttl_ms)
+            async with self.redis.pipeline(transaction=True) as pipe:  # one round trip
+                pipe.hset(
+                    self.key(upload.id), mapping={"v": upload.version, "s": encode_upload(upload)}
+                )
+                pipe.pexpire(self.key(upload.id), self.ttl_ms)
+                await pipe.execute()
         except RedisError as exc:
             self.errors += 1
             log.warning("Redis did not take the state of %s: %s", upload.id, exc)

@@ -155,6 +155,7 @@ class S3Store(Store):
             ),
         )
         self._part_slots = asyncio.Semaphore(config.max_concurrent_parts)
+        self.buffers = PartBuffers(keep=PARTS_IN_FLIGHT + 1)
         #: whether the endpoint verifies x-amz-checksum-sha256 (found out by open())
         self.verifies_sha256 = False
 
@@ -483,7 +484,7 @@ class S3Store(Store):
 
     # --- blocking helpers (run in the pool) --------------------------------------------
 
-    def _put(self, key: str, data: bytes | bytearray) -> str:
+    def _put(self, key: str, data: bytes | bytearray | memoryview) -> str:
         """PutObject with our checksum headers; returns the MD5 the endpoint verified."""
         md5, _, headers = self.checksum_headers(data)
         s3api.put_object(self.client, self.bucket, key, data, headers)
@@ -500,16 +501,26 @@ class S3Store(Store):
             raise StorageError(f"object {key} gave {len(data)} bytes, expected {length}")
         return data
 
+    def fetch_fragments_into(self, fragments: Sequence[Fragment], view: memoryview) -> None:
+        """The fragments' bytes, in order, at the start of `view` (checked like below)."""
+        position = 0
+        for fragment in fragments:
+            view[position : position + fragment.size] = self._fragment_bytes(fragment)
+            position += fragment.size
+
+    def _fragment_bytes(self, fragment: Fragment) -> bytes:
+        block = self._get(fragment.key, 0, fragment.size)
+        if md5_base64(block) != fragment.checksum:
+            raise StorageError(f"fragment {fragment.key} does not match its recorded MD5")
+        return block
+
     def fetch_fragments(
-        self, fragments: Sequence[Fragment], tail: bytes | bytearray = b""
+        self, fragments: Sequence[Fragment], tail: bytes | bytearray | memoryview = b""
     ) -> bytearray:
         """The fragments' bytes in order (each checked against its recorded MD5), then tail."""
         data = bytearray()
         for fragment in fragments:
-            block = self._get(fragment.key, 0, fragment.size)
-            if md5_base64(block) != fragment.checksum:
-                raise StorageError(f"fragment {fragment.key} does not match its recorded MD5")
-            data += block
+            data += self._fragment_bytes(fragment)
         data += tail
         return data
 
@@ -556,6 +567,29 @@ def _cut(spans: Sequence[tuple[str, int, int]], part_size: int) -> list[list[tup
     return parts
 
 
+class PartBuffers:
+    """Part-sized buffers, reused from one part to the next.
+
+    A part buffer freed back to glibc tends to stay in its heap, so fresh ones for each
+    part made a 1 GiB upload's RSS grow well past the parts actually held (measured: 59-66
+    MiB for 40 MiB in use with 8 MiB parts). Reusing them keeps RSS at what is in use.
+    Used from the event loop only.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._free: dict[int, list[bytearray]] = {}
+
+    def take(self, size: int) -> bytearray:
+        free = self._free.get(size)
+        return free.pop() if free else bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        free = self._free.setdefault(len(buffer), [])
+        if len(free) < self.keep:
+            free.append(buffer)
+
+
 class S3Appender(Appender):
     """One request's bytes into an S3 upload: whole parts as they fill, the rest a fragment.
 
@@ -587,7 +621,9 @@ class S3Appender(Appender):
                 f"and fragments"
             )
         self._next_number = parts_end // self._part_size + 1
-        self._buffer = bytearray()
+        #: the part being filled (taken from the store's pool when the first byte comes)
+        self._buffer: bytearray | None = None
+        self._filled = 0
         self._written = 0
         self._new_parts: list[Part] = []
         self._obsolete: list[str] = []
@@ -596,35 +632,63 @@ class S3Appender(Appender):
     async def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:
-            room = self._part_size - self._fragments_size - len(self._buffer)
+            room = self._part_size - self._fragments_size - self._filled
             taken = view[:room]
-            self._buffer += taken
+            if self._buffer is None:
+                self._buffer = self._store.buffers.take(self._part_size)
+            self._buffer[self._filled : self._filled + len(taken)] = taken
+            self._filled += len(taken)
             self._written += len(taken)
             view = view[len(taken) :]
-            if len(self._buffer) + self._fragments_size == self._part_size:
+            if self._filled + self._fragments_size == self._part_size:
                 await self._send_part()
 
     async def _send_part(self) -> None:
         while len(self._inflight) >= PARTS_IN_FLIGHT:
             self._new_parts.append(await self._inflight.popleft())
-        fragments, buffer = tuple(self._fragments), self._buffer
-        self._fragments, self._fragments_size, self._buffer = [], 0, bytearray()
+        fragments, buffer, filled = tuple(self._fragments), self._buffer, self._filled
+        self._fragments, self._fragments_size = [], 0
+        self._buffer, self._filled = None, 0
         number = self._next_number
         self._next_number += 1
         self._obsolete.extend(f.key for f in fragments)
         await self._store._part_slots.acquire()
-        self._inflight.append(asyncio.ensure_future(self._upload(number, fragments, buffer)))
+        self._inflight.append(
+            asyncio.ensure_future(self._upload(number, fragments, buffer, filled))
+        )
 
     async def _upload(
-        self, number: int, fragments: tuple[Fragment, ...], buffer: bytearray
+        self,
+        number: int,
+        fragments: tuple[Fragment, ...],
+        buffer: bytearray | None,
+        filled: int,
     ) -> Part:
         try:
-            return await self._store.run(self._upload_sync, number, fragments, buffer)
+            return await self._store.run(self._upload_sync, number, fragments, buffer, filled)
         finally:
             self._store._part_slots.release()
+            if buffer is not None:
+                self._store.buffers.give(buffer)
 
-    def _upload_sync(self, number: int, fragments: tuple[Fragment, ...], buffer: bytearray) -> Part:
-        data = self._store.fetch_fragments(fragments, buffer) if fragments else buffer
+    def _upload_sync(
+        self,
+        number: int,
+        fragments: tuple[Fragment, ...],
+        buffer: bytearray | None,
+        filled: int,
+    ) -> Part:
+        data: bytearray | memoryview
+        if buffer is None:  # the last part, made of fragments alone
+            data = self._store.fetch_fragments(fragments)
+        else:
+            view = memoryview(buffer)
+            front = sum(fragment.size for fragment in fragments)
+            if fragments:
+                # the fragments' bytes come first: move the new bytes up, in place
+                view[front : front + filled] = view[:filled]
+                self._store.fetch_fragments_into(fragments, view)
+            data = view[: front + filled]
         md5, sha256, headers = self._store.checksum_headers(data)
         etag = s3api.upload_part(
             self._store.client, self._store.bucket, self._key, self._handle, number, data, headers
@@ -639,34 +703,45 @@ class S3Appender(Appender):
     async def close(self) -> Stored:
         await self._settle()
         end = self._offset + self._written
-        pending = self._fragments_size + len(self._buffer)
+        pending = self._fragments_size + self._filled
         if pending and self._length is not None and end == self._length:
             await self._send_part()  # the upload's last bytes: the (short) last part
             await self._settle()
-        elif self._buffer:
+        elif self._filled:
             await self._save_fragment(end)
         layout = replace(self._layout, fragments=tuple(self._fragments))
         parts = tuple(sorted(self._new_parts, key=lambda part: part.number))
         return Stored(self._written, layout, parts, tuple(self._obsolete))
 
     async def _save_fragment(self, end: int) -> None:
-        buffer, self._buffer = self._buffer, bytearray()
-        async with self._store._part_slots:
-            if len(self._fragments) >= MAX_FRAGMENTS:
-                # too many small objects to fetch later: merge them with the new bytes
-                merged, self._fragments = self._fragments, []
-                start = merged[0].offset
-                self._obsolete.extend(f.key for f in merged)
-                data = await self._store.run(self._store.fetch_fragments, merged, buffer)
-            else:
-                start, data = end - len(buffer), buffer
-            key = self._store.fragment_key(self._upload_id, start, len(data))
-            md5 = await self._store.run(self._store._put, key, data)
-        self._fragments.append(Fragment(start, len(data), key, md5))
-        self._fragments_size += len(data)
+        buffer, filled = self._buffer, self._filled
+        self._buffer, self._filled = None, 0
+        assert buffer is not None
+        tail = memoryview(buffer)[:filled]
+        try:
+            async with self._store._part_slots:
+                data: bytearray | memoryview
+                if len(self._fragments) >= MAX_FRAGMENTS:
+                    # too many small objects to fetch later: merge them with the new bytes
+                    merged, self._fragments = self._fragments, []
+                    start = merged[0].offset
+                    self._obsolete.extend(f.key for f in merged)
+                    data = await self._store.run(self._store.fetch_fragments, merged, tail)
+                else:
+                    start, data = end - filled, tail
+                size = len(data)
+                key = self._store.fragment_key(self._upload_id, start, size)
+                md5 = await self._store.run(self._store._put, key, data)
+        finally:
+            tail.release()
+            self._store.buffers.give(buffer)
+        self._fragments.append(Fragment(start, size, key, md5))
+        self._fragments_size += size
 
     async def abort(self) -> None:
-        self._buffer = bytearray()
+        if self._buffer is not None:
+            self._store.buffers.give(self._buffer)
+            self._buffer, self._filled = None, 0
         while self._inflight:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._inflight.popleft())
