@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
 
+from tests.unit._async import run, until
 from tusd_protocol.errors import UploadLocked
 from tusd_py.locks import HANDOVER, Holding, LocalLocks
 
 ID = "abcdefghijklmnop"
 T = TypeVar("T")
-
-
-def run(main: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await main()
-
-    return asyncio.run(bounded())
-
-
-async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 def test_one_holder_at_a_time() -> None:

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from tests.conftest import missing_service
+from tests.unit._async import run, until
 from tusd_protocol.errors import UploadLocked
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
 from tusd_py.locks import HANDOVER
@@ -65,20 +66,6 @@ def prefix(redis_url: str) -> Iterator[str]:
     chosen = new_prefix()
     yield chosen
     delete_keys(redis_url, chosen)
-
-
-def run(main: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await main()
-
-    return asyncio.run(bounded())
-
-
-async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 def now() -> float:
