@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
 
 import pytest
 
@@ -12,7 +11,6 @@ from tusd_protocol.errors import UploadLocked
 from tusd_py.locks import HANDOVER, Holding, LocalLocks
 
 ID = "abcdefghijklmnop"
-T = TypeVar("T")
 
 
 def test_one_holder_at_a_time() -> None:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
@@ -33,7 +33,6 @@ from tusd_py.redis_locks import RedisLocks
 
 REDIS_URL = os.environ.get("TUSD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ID = "abcdefghijklmnop"
-T = TypeVar("T")
 
 
 # --- plumbing -------------------------------------------------------------------------
