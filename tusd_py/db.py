@@ -93,6 +93,10 @@ upload_fragments = sa.Table(
 )
 
 
+#: statuses whose bytes we keep
+KEPT_STATUSES = (UploadStatus.RECEIVING, UploadStatus.CONCATENATING, UploadStatus.FINISHED)
+
+
 class _LostRace(Exception):
     """The guarded UPDATE matched no row: roll the whole transaction back."""
 
@@ -343,52 +347,32 @@ class Repository:
 
     async def live_handles(self, handles: Sequence[str]) -> set[str]:
         """Which of these multipart upload ids belong to an upload we still keep."""
-        if not handles:
-            return set()
-        found: set[str] = set()
-        async with self.engine.connect() as conn:
-            for start in range(0, len(handles), 500):
-                rows = await conn.execute(
-                    sa.select(uploads.c.backend_handle).where(
-                        uploads.c.backend_handle.in_(handles[start : start + 500]),
-                        uploads.c.status.in_(
-                            [
-                                UploadStatus.RECEIVING.value,
-                                UploadStatus.CONCATENATING.value,
-                                UploadStatus.FINISHED.value,
-                            ]
-                        ),
-                    )
-                )
-                found.update(row.backend_handle for row in rows)
-        return found
+        return await self._matching(uploads.c.backend_handle, handles, KEPT_STATUSES)
 
     async def kept(self, upload_ids: Sequence[str]) -> set[str]:
         """Which of these uploads still have bytes we keep (not terminated, expired, unknown)."""
-        return await self._with_status(
-            upload_ids,
-            (UploadStatus.RECEIVING, UploadStatus.CONCATENATING, UploadStatus.FINISHED),
-        )
+        return await self._matching(uploads.c.id, upload_ids, KEPT_STATUSES)
 
-    async def _with_status(
-        self, upload_ids: Sequence[str], statuses: Sequence[UploadStatus]
+    async def _matching(
+        self, column: sa.Column[Any], values: Sequence[str], statuses: Sequence[UploadStatus]
     ) -> set[str]:
+        """Which of `values` (of `column`) belong to an upload in one of `statuses`."""
         found: set[str] = set()
-        ids = list(upload_ids)
+        values = list(values)
         async with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
+            for start in range(0, len(values), 500):
                 rows = await conn.execute(
-                    sa.select(uploads.c.id).where(
-                        uploads.c.id.in_(ids[start : start + 500]),
-                        uploads.c.status.in_([s.value for s in statuses]),
+                    sa.select(column).where(
+                        column.in_(values[start : start + 500]),
+                        uploads.c.status.in_([status.value for status in statuses]),
                     )
                 )
-                found.update(row.id for row in rows)
+                found.update(row[0] for row in rows)
         return found
 
     async def receiving(self, upload_ids: Sequence[str]) -> set[str]:
         """Which of these uploads are still receiving bytes (and so may own fragments)."""
-        return await self._with_status(upload_ids, (UploadStatus.RECEIVING,))
+        return await self._matching(uploads.c.id, upload_ids, (UploadStatus.RECEIVING,))
 
     async def delete(self, upload_id: str) -> None:
         """Forget an upload entirely (only for one whose creation failed)."""

@@ -10,7 +10,6 @@ from .base import (
     Part,
     Source,
     StorageError,
-    StorageLimitExceeded,
     Store,
     Stored,
 )
@@ -30,7 +29,6 @@ __all__ = [
     "Part",
     "Source",
     "StorageError",
-    "StorageLimitExceeded",
     "Store",
     "Stored",
 ]

@@ -46,10 +46,6 @@ class StorageError(Exception):
     """The store failed; nothing the client sent was wrong."""
 
 
-class StorageLimitExceeded(StorageError):
-    """The upload would grow past what the store can hold for it (a 413, not a fault)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Part:
     """One uploaded part of a multipart object, as recorded in the state database."""
