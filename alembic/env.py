@@ -1,6 +1,6 @@
 """Alembic environment: one migration chain for PostgreSQL and SQLite.
 
-tusd_py.migrations hands us a synchronous connection in config.attributes["connection"]
+tusd_py.state.migrations hands us a synchronous connection in config.attributes["connection"]
 (or we open one from sqlalchemy.url, for the plain `alembic` command).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from tusd_py.db import metadata_obj
+from tusd_py.state.sql import metadata_obj
 
 config = context.config
 

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tusd_py.body import DRAIN_MAX, BodyResult, pump_body
-from tusd_py.locks import HANDOVER, Holding, LocalLocks
+from tusd_py.core.body import DRAIN_MAX, BodyResult, pump_body
+from tusd_py.core.ports import HANDOVER, Holding
+from tusd_py.state.local_locks import LocalLocks
 from tusd_storage import MemoryStore
 
 ID = "abcdefghijklmnop"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tusd_protocol.state import Upload, UploadStatus
-from tusd_py.cache import StateCache
+from tusd_py.state.memory_cache import StateCache
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from tusd_py import fasthttp
+from tusd_py.http import fasthttp
 
 pytest.importorskip("httptools")
 

@@ -8,7 +8,8 @@ import pytest
 
 from tests.unit._async import run, until
 from tusd_protocol.errors import UploadLocked
-from tusd_py.locks import HANDOVER, Holding, LocalLocks
+from tusd_py.core.ports import HANDOVER, Holding
+from tusd_py.state.local_locks import LocalLocks
 
 ID = "abcdefghijklmnop"
 

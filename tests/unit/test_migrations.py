@@ -6,8 +6,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tusd_py import migrations
-from tusd_py.db import metadata_obj
+from tusd_py.state import migrations
+from tusd_py.state.sql import metadata_obj
 
 
 def test_schema_head_constant_matches_the_alembic_scripts() -> None:

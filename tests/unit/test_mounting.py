@@ -8,8 +8,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from tusd_py.app import build_app
-from tusd_py.settings import Settings
+from tusd_py.config import Settings
+from tusd_py.http.app import build_app
 
 TUS = {"Tus-Resumable": "1.0.0"}
 

@@ -27,9 +27,9 @@ from tests.conftest import missing_service
 from tests.unit._async import run, until
 from tusd_protocol.errors import UploadLocked
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
-from tusd_py.locks import HANDOVER
-from tusd_py.redis_cache import RedisStateCache
-from tusd_py.redis_locks import RedisLocks
+from tusd_py.core.ports import HANDOVER
+from tusd_py.state.redis_cache import RedisStateCache
+from tusd_py.state.redis_locks import RedisLocks
 
 REDIS_URL = os.environ.get("TUSD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ID = "abcdefghijklmnop"

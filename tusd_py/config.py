@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -120,3 +123,18 @@ def sync_database_url(url: str) -> str:
     """The same database through a synchronous driver (Alembic runs synchronously)."""
     url = normalize_database_url(url)
     return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
+
+
+#: where `serve --workers N` hands its settings to the worker processes
+SETTINGS_ENVIRONMENT = "TUSD__SETTINGS_JSON"
+
+
+def settings_to_json(settings: Settings) -> str:
+    return json.dumps(dataclasses.asdict(settings), default=str)
+
+
+def settings_from_environment() -> Settings:
+    raw = json.loads(os.environ[SETTINGS_ENVIRONMENT])
+    raw["cors_origins"] = tuple(raw["cors_origins"])
+    raw["fsync"] = FsyncPolicy(raw["fsync"])
+    return Settings(**raw)

@@ -1,4 +1,4 @@
-"""One holder per upload, with handover (PROTOCOL 23).
+"""LocalLocks: one holder per upload within one process, with handover (PROTOCOL 23).
 
 A request that finds its upload held asks the holder to let go. A holder that is waiting
 for body bytes is interrupted at once (its task is cancelled with a handover marker, which
@@ -12,40 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from tusd_protocol.errors import UploadLocked
 
-HANDOVER = "tusd-py: lock handover"
-
-
-@dataclass(eq=False)
-class Holding:
-    """The current holder of one upload's lock."""
-
-    upload_id: str
-    task: asyncio.Task[object] | None = field(default_factory=asyncio.current_task)
-    #: set when another request wants the upload
-    stop_requested: bool = False
-    #: True only while the holder awaits body bytes; then cancelling it loses nothing
-    receiving: bool = False
-
-    def request_stop(self) -> None:
-        if self.stop_requested:
-            return  # one cancellation per handover, however many newcomers ask
-        self.stop_requested = True
-        if self.receiving and self.task is not None and not self.task.done():
-            self.task.cancel(HANDOVER)
-
-    def is_handover(self, exc: asyncio.CancelledError) -> bool:
-        """Was this cancellation our handover (and not a shutdown)? Un-cancels if so."""
-        if not self.stop_requested or self.task is None:
-            return False
-        if HANDOVER not in exc.args or self.task.cancelling() > 1:
-            return False  # a real cancellation (shutdown) came too: let it through
-        self.task.uncancel()
-        return True
+from ..core.ports import Holding
 
 
 class _Entry:
@@ -55,22 +25,6 @@ class _Entry:
         self.lock = asyncio.Lock()
         self.holder: Holding | None = None
         self.waiters = 0
-
-
-class UploadLocks(Protocol):
-    """What the service needs of a lock manager (LocalLocks, RedisLocks)."""
-
-    def is_held(self, upload_id: str) -> bool: ...
-
-    async def held_anywhere(self, upload_id: str) -> bool: ...
-
-    def hold(
-        self, upload_id: str, *, wait: bool = True
-    ) -> contextlib.AbstractAsyncContextManager[Holding]: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 class LocalLocks:

@@ -29,9 +29,10 @@ from tusd_protocol.headers import collect_headers, format_uint
 from tusd_protocol.state import Upload, UploadStatus
 from tusd_storage import StorageError
 
+from ..config import Settings
+from ..core.ports import BackendUnavailable
+from ..core.service import UploadService
 from .proxy import own_hosts, public_origin
-from .service import UploadService
-from .settings import Settings
 
 log = logging.getLogger("tusd_py.handlers")
 
@@ -110,7 +111,7 @@ class TusHandlers:
         except DBAPIError:
             log.exception("database error")
             return error_response(ServerFault(), request, method)
-        except RedisError as exc:
+        except (RedisError, BackendUnavailable) as exc:
             # the lock service is down: reads go on from the database, writes wait for it
             log.warning("Redis unavailable in %s %s: %s", method, request.url.path, exc)
             return error_response(

@@ -25,7 +25,8 @@ from redis.exceptions import RedisError
 
 from tusd_protocol.errors import UploadLocked
 
-from .locks import Holding, LocalLocks
+from ..core.ports import BackendUnavailable, Holding
+from .local_locks import LocalLocks
 
 log = logging.getLogger("tusd_py.redis_locks")
 
@@ -87,7 +88,10 @@ class RedisLocks:
     async def held_anywhere(self, upload_id: str) -> bool:
         if self.local.is_held(upload_id):
             return True
-        return bool(await self.redis.exists(self.key(upload_id)))
+        try:
+            return bool(await self.redis.exists(self.key(upload_id)))
+        except RedisError as exc:
+            raise BackendUnavailable(f"the lock service cannot be asked: {exc}") from exc
 
     # --- handover requests from other instances ---------------------------------------
 

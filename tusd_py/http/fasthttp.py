@@ -140,7 +140,7 @@ async def _receive(self: Any) -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": self.more_body}
 
 
-#: the protocol for uvicorn as an import string ("tusd_py.fasthttp:QUEUED_PROTOCOL"), which
+#: the protocol for uvicorn as an import string ("tusd_py.http.fasthttp:QUEUED_PROTOCOL"), which
 #: worker processes can import; "auto" when uvicorn's internals are not what we expect
 QUEUED_PROTOCOL: type[Any] | str = protocol_class()
 

@@ -1,41 +1,35 @@
-"""build_app(settings) -> a Starlette application, mountable under any prefix."""
+"""The composition root: settings in, a running service out.
+
+Builds the store, the state engine and repository, the cache and the locks (in-process or
+Redis), the upload service and its maintenance, and the Runtime that starts and stops them.
+Nothing else in tusd-py chooses an implementation.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
-import os
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
-from tusd_storage import FileStore, FsyncPolicy, Store
+from tusd_storage import FileStore, Store
 
-from . import migrations
-from .cache import StateCache, UploadCache
-from .cors import CORSMiddleware
-from .db import Repository, make_engine
-from .handlers import TusHandlers
-from .locks import LocalLocks, UploadLocks
-from .redis_cache import RedisStateCache
-from .redis_locks import RedisLocks
-from .service import UploadService
-from .settings import Settings
+from .config import Settings
+from .core.maintenance import Maintenance
+from .core.ports import UploadCache, UploadLocks
+from .core.service import UploadService
+from .state import migrations
+from .state.local_locks import LocalLocks
+from .state.memory_cache import StateCache
+from .state.redis_cache import RedisStateCache
+from .state.redis_locks import RedisLocks
+from .state.sql import Repository, make_engine
 
 log = logging.getLogger("tusd_py")
-
-ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
 
 
 class SchemaNotMigrated(RuntimeError):
@@ -74,6 +68,7 @@ class Runtime:
         self.engine = engine
         self.service = service
         self.redis = redis
+        self.maintenance = Maintenance(service)
         self.started = False
         self._starting = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
@@ -88,9 +83,23 @@ class Runtime:
             # the sweeper also finishes assemblies that failed (a store that keeps layouts)
             if self.settings.limits.expiration is not None or self.service.store.uses_layout:
                 self._sweeper = asyncio.create_task(
-                    sweep_forever(self.service, self.settings.sweep_interval)
+                    self.maintenance.sweep_forever(self.settings.sweep_interval)
                 )
             self.started = True
+
+    async def readiness(self) -> str | None:
+        """None when the backing services answer, else what does not."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            return f"database: {exc}"
+        if self.redis is not None:
+            try:
+                await self.redis.ping()
+            except Exception as exc:
+                return f"redis: {exc}"
+        return None
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -103,16 +112,6 @@ class Runtime:
         if self.redis is not None:
             await self.redis.aclose()
         self.started = False
-
-
-async def sweep_forever(service: UploadService, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await service.sweep_expired()
-            await service.assemble_pending()
-        except Exception:
-            log.exception("expiry sweep failed; retrying in %.1f s", interval)
 
 
 def build_store(settings: Settings) -> Store:
@@ -179,76 +178,3 @@ def make_state_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
     )
-
-
-def build_app(settings: Settings) -> Starlette:
-    engine = make_state_engine(settings)
-    redis = make_redis(settings) if settings.redis_url else None
-    service = build_service(settings, engine, redis)
-    runtime = Runtime(settings, engine, service, redis)
-    handlers = TusHandlers(service, settings, runtime.start)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
-    async def health(request: Request) -> Response:
-        return PlainTextResponse("ok\n")
-
-    async def ready(request: Request) -> Response:
-        """Ready when the backing services answer (a load balancer takes it out if not)."""
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-        except Exception as exc:
-            return PlainTextResponse(f"ERR_UNAVAILABLE: database: {exc}\n", status_code=503)
-        if redis is not None:
-            try:
-                await redis.ping()
-            except Exception as exc:
-                return PlainTextResponse(f"ERR_UNAVAILABLE: redis: {exc}\n", status_code=503)
-        return PlainTextResponse("ok\n")
-
-    base = settings.base_path
-    routes = [
-        Route("/health", health, methods=["GET", "HEAD"]),
-        Route("/ready", ready, methods=["GET", "HEAD"]),
-        Route(base, handlers.collection, methods=ALL_METHODS),
-        Route(base + "{upload_id}", handlers.upload, methods=ALL_METHODS),
-        Route(base + "{rest:path}", handlers.not_found, methods=ALL_METHODS),
-    ]
-    if base != "/":
-        routes.append(Route(base.rstrip("/"), handlers.collection, methods=ALL_METHODS))
-    app = Starlette(
-        routes=routes,
-        middleware=[Middleware(CORSMiddleware, origins=settings.cors_origins)],
-        lifespan=lifespan,
-    )
-    app.router.redirect_slashes = False
-    app.state.runtime = runtime
-    return app
-
-
-#: where `serve --workers N` hands its settings to the worker processes
-SETTINGS_ENVIRONMENT = "TUSD__SETTINGS_JSON"
-
-
-def settings_to_json(settings: Settings) -> str:
-    return json.dumps(dataclasses.asdict(settings), default=str)
-
-
-def app_from_environment() -> Starlette:
-    """The application of one worker process of `serve --workers N`."""
-    raw = json.loads(os.environ[SETTINGS_ENVIRONMENT])
-    raw["cors_origins"] = tuple(raw["cors_origins"])
-    raw["fsync"] = FsyncPolicy(raw["fsync"])
-    settings = Settings(**raw)
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return build_app(settings)

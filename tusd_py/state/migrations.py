@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from .settings import sync_database_url
+from ..config import sync_database_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -22,8 +22,8 @@ SCHEMA_HEAD = "0002"
 
 
 def script_location() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_alembic", here.parent / "alembic"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_alembic", package.parent / "alembic"):
         if (candidate / "env.py").exists():
             return candidate
     raise RuntimeError("the Alembic migration scripts are missing from this installation")

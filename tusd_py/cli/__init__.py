@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings
+from ..config import Settings
 
 
 def _env(name: str, default: Any, convert: Callable[[str], Any] = str) -> Any:
@@ -344,7 +344,8 @@ def serve(settings: Settings) -> int:
 
     from tusd_storage import StorageError
 
-    from .app import SchemaNotMigrated, build_app, build_store, prepare_database
+    from ..http.app import build_app
+    from ..wiring import SchemaNotMigrated, build_store, prepare_database
 
     async def preflight() -> None:
         await prepare_database(settings)
@@ -364,8 +365,8 @@ def serve(settings: Settings) -> int:
             "no --redis-url: locks live in this process, so only this one instance may use "
             "this database; run several only with Redis"
         )
-    from .app import SETTINGS_ENVIRONMENT, settings_to_json
-    from .fasthttp import protocol_import_string
+    from ..config import SETTINGS_ENVIRONMENT, settings_to_json
+    from ..http.fasthttp import protocol_import_string
 
     common: dict[str, Any] = {
         "http": protocol_import_string(),
@@ -381,7 +382,10 @@ def serve(settings: Settings) -> int:
         # each worker process builds its own application from the same settings
         os.environ[SETTINGS_ENVIRONMENT] = settings_to_json(settings)
         uvicorn.run(
-            "tusd_py.app:app_from_environment", factory=True, workers=settings.workers, **common
+            "tusd_py.http.app:app_from_environment",
+            factory=True,
+            workers=settings.workers,
+            **common,
         )
     else:
         uvicorn.run(build_app(settings), **common)
@@ -389,7 +393,7 @@ def serve(settings: Settings) -> int:
 
 
 def migrate(settings: Settings) -> int:
-    from . import migrations
+    from ..state import migrations
 
     if settings.resolved_database_url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -399,20 +403,22 @@ def migrate(settings: Settings) -> int:
 
 
 def gc(settings: Settings, args: argparse.Namespace) -> int:
-    from .app import SchemaNotMigrated, build_service, make_redis, prepare_database
-    from .db import make_engine
+    from ..core.maintenance import Maintenance
+    from ..state.sql import make_engine
+    from ..wiring import SchemaNotMigrated, build_service, make_redis, prepare_database
 
     async def sweep() -> tuple[int, int]:
         await prepare_database(settings)
         engine = make_engine(settings.resolved_database_url)
         redis = make_redis(settings) if settings.redis_url else None
         service = build_service(settings, engine, redis)
+        maintenance = Maintenance(service)
         try:
             await service.store.open()
             idle = None if args.expiration is None else timedelta(seconds=args.expiration)
-            reclaimed = await service.sweep_expired(idle_for=idle)
-            await service.assemble_pending()
-            orphans = await service.collect_orphans(timedelta(seconds=args.orphan_age))
+            reclaimed = await maintenance.sweep_expired(idle_for=idle)
+            await maintenance.assemble_pending()
+            orphans = await maintenance.collect_orphans(timedelta(seconds=args.orphan_age))
             return reclaimed, orphans
         finally:
             await service.store.close()

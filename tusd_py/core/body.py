@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from starlette.types import Receive
-
 from tusd_protocol.checksums import Hasher
 from tusd_storage import Appender
 
-from .locks import Holding
+from .ports import Holding, Receive
 
 
 @dataclass(frozen=True, slots=True)

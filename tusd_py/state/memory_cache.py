@@ -2,33 +2,14 @@
 
 Written after every commit; versioned so that an older writer can never replace a newer
 record. StateCache is the in-process cache of a single server process; RedisStateCache
-(redis_cache.py) is shared by every instance. Both have this async interface.
+(redis_cache.py) is shared by every instance. Both implement core.ports.UploadCache.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Protocol
 
 from tusd_protocol.state import Upload
-
-
-class UploadCache(Protocol):
-    """What the service needs of a cache (StateCache, RedisStateCache)."""
-
-    #: True when every commit goes through this cache (one process): writers may trust it
-    authoritative: bool
-    hits: int
-    misses: int
-
-    async def get(self, upload_id: str) -> Upload | None: ...
-
-    async def put(self, upload: Upload) -> None: ...
-
-    async def refresh(self, upload: Upload) -> None:
-        """Write the database's record whatever the entry's version (lock holders only)."""
-
-    async def forget(self, upload_id: str) -> None: ...
 
 
 class StateCache:

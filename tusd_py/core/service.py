@@ -11,10 +11,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-
-from redis.exceptions import RedisError
-from starlette.types import Receive
+from datetime import UTC, datetime
 
 from tusd_protocol import decisions as rules
 from tusd_protocol.checksums import new_hasher
@@ -23,16 +20,13 @@ from tusd_protocol.errors import (
     PartialNotFound,
     ProtocolError,
     ServerFault,
-    UploadLocked,
     UploadNotFound,
 )
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
-from tusd_storage import EMPTY_LAYOUT, Layout, LiveUploads, Source, Store, Stored
+from tusd_storage import EMPTY_LAYOUT, Layout, Source, Store, Stored
 
 from .body import pump_body
-from .cache import StateCache, UploadCache
-from .db import Repository
-from .locks import Holding, LocalLocks, UploadLocks
+from .ports import BackendUnavailable, Holding, Receive, Repository, UploadCache, UploadLocks
 
 log = logging.getLogger("tusd_py.service")
 
@@ -56,15 +50,15 @@ class UploadService:
         store: Store,
         repository: Repository,
         limits: Limits,
-        cache: UploadCache | None = None,
-        locks: UploadLocks | None = None,
+        cache: UploadCache,
+        locks: UploadLocks,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.repository = repository
         self.limits = limits
-        self.cache: UploadCache = cache or StateCache()
-        self.locks: UploadLocks = locks or LocalLocks()
+        self.cache = cache
+        self.locks = locks
         self.clock = clock
 
     # --- reading -----------------------------------------------------------------------
@@ -90,7 +84,7 @@ class UploadService:
             raise UploadNotFound()
         try:
             held = await self.locks.held_anywhere(upload_id)
-        except RedisError:
+        except BackendUnavailable:
             held = False  # no lock service: the database's word is all there is
         if held:
             async with self.locks.hold(upload_id):
@@ -114,11 +108,11 @@ class UploadService:
         assert upload.length is not None
         metadata = await self.repository.metadata(upload_id)
         byte_range = rules.parse_range(range_header, upload.length)
-        layout = await self._layout(upload_id)
+        layout = await self.layout_of(upload_id)
         if layout.handle is not None:
             # finished, but its assembly failed earlier (the store was down): finish it now
             async with self.locks.hold(upload_id):
-                layout = await self._assemble(upload)
+                layout = await self.assemble(upload)
         return Download(
             upload,
             metadata,
@@ -126,7 +120,7 @@ class UploadService:
             lambda start, end: self.store.read(upload_id, start, end, layout),
         )
 
-    async def _layout(self, upload_id: str) -> Layout:
+    async def layout_of(self, upload_id: str) -> Layout:
         if not self.store.uses_layout:
             return EMPTY_LAYOUT
         return await self.repository.layout(upload_id)
@@ -177,7 +171,7 @@ class UploadService:
                 raise
             await self.cache.put(upload)
             if status is UploadStatus.FINISHED:
-                await self._assemble(upload)
+                await self.assemble(upload)
             if plan.concat_kind is ConcatKind.FINAL and rules.final_ready(partials):
                 upload = await self._assemble_if_ready(upload)
             if plan.initial_append is not None:
@@ -191,7 +185,7 @@ class UploadService:
 
     async def _discard(self, upload: Upload) -> None:
         await self.cache.forget(upload.id)
-        layout = await self._layout(upload.id)
+        layout = await self.layout_of(upload.id)
         await self.repository.delete(upload.id)
         await self.store.delete(upload.id, layout)
 
@@ -208,7 +202,7 @@ class UploadService:
     async def _receive(
         self, upload: Upload, plan: AppendPlan, receive: Receive, holding: Holding
     ) -> Upload:
-        layout = await self._layout(upload.id)
+        layout = await self.layout_of(upload.id)
         plan = rules.limit_to_store_room(plan, self.store.room(layout, plan.offset))
         length = upload.length if upload.length is not None else plan.declare_length
         appender = self.store.appender(upload.id, plan.offset, layout, length)
@@ -254,21 +248,21 @@ class UploadService:
         if new.status is UploadStatus.FINISHED:
             # committed first, assembled second: a failed assembly is retried (GET, sweeper)
             # from the recorded parts, and no acknowledged byte depends on it
-            await self._assemble(new)
+            await self.assemble(new)
             if new.is_partial:
-                await self._complete_waiting_finals(new.id)
+                await self.complete_waiting_finals(new.id)
         return new
 
-    async def _forget_layout(self, upload_id: str, layout: Layout) -> None:
+    async def forget_layout(self, upload_id: str, layout: Layout) -> None:
         """The store's objects are gone: so are the records of its parts and fragments."""
         if self.store.uses_layout:
             await self.repository.save_layout(upload_id, replace(layout, handle=None, fragments=()))
 
-    async def _assemble(self, upload: Upload) -> Layout:
+    async def assemble(self, upload: Upload) -> Layout:
         """Make a finished upload's bytes whole in the store (S3: complete the multipart
         upload from the recorded parts); idempotent. Call with the upload's lock held."""
         assert upload.length is not None
-        layout = await self._layout(upload.id)
+        layout = await self.layout_of(upload.id)
         parts = await self.repository.parts(upload.id) if layout.handle is not None else []
         new_layout = await self.store.finish(upload.id, upload.length, layout, parts)
         if self.store.uses_layout and new_layout != layout:
@@ -277,7 +271,7 @@ class UploadService:
 
     # --- concatenation -----------------------------------------------------------------
 
-    async def _complete_waiting_finals(self, partial_id: str) -> None:
+    async def complete_waiting_finals(self, partial_id: str) -> None:
         """PROTOCOL 20: a final created before its partials finished completes with them."""
         for final_id in await self.repository.finals_waiting_on(partial_id):
             async with self.locks.hold(final_id):
@@ -294,15 +288,15 @@ class UploadService:
         layouts: dict[str, Layout] = {}
         for partial in partials:  # a partial may repeat: look at each once
             if partial.id not in layouts:
-                layout = await self._layout(partial.id)
+                layout = await self.layout_of(partial.id)
                 if layout.handle is not None:
                     # its own assembly failed earlier: finish it first (idempotent, so the
                     # partial's lock, against the partial -> final lock order, is not needed)
-                    layout = await self._assemble(partial)
+                    layout = await self.assemble(partial)
                 layouts[partial.id] = layout
         sources = [Source(p.id, p.length or 0, layouts[p.id]) for p in partials]
         length = sum(source.length for source in sources)
-        layout = await self.store.concatenate(final.id, sources, await self._layout(final.id))
+        layout = await self.store.concatenate(final.id, sources, await self.layout_of(final.id))
         layout = await self.store.finish(final.id, length, layout)
         new = await self.repository.transition(
             final,
@@ -326,85 +320,11 @@ class UploadService:
         async with self.locks.hold(upload_id):
             upload = await self.load_for_write(upload_id)
             rules.check_available(upload, self.clock())
-            layout = await self._layout(upload_id)
+            layout = await self.layout_of(upload_id)
             new = await self.repository.transition(upload, status=UploadStatus.TERMINATED)
             if new is None:
                 await self.cache.forget(upload_id)
                 raise ServerFault("The upload changed while it was being terminated.")
             await self.cache.put(new)
             await self.store.delete(upload_id, layout)
-            await self._forget_layout(upload_id, layout)
-
-    async def sweep_expired(self, idle_for: timedelta | None = None) -> int:
-        """Reclaim uploads whose deadline passed (or, with `idle_for`, that sat idle that
-        long); returns how many were reclaimed."""
-        now = self.clock()
-        idle_since = None if idle_for is None else now - idle_for
-        reclaimed = 0
-        for candidate in await self.repository.expired(now, idle_since):
-            if await self.locks.held_anywhere(candidate.id):
-                continue  # in use: activity will move its deadline
-            try:
-                reclaimed += await self._expire(candidate, now)
-            except UploadLocked:
-                continue  # taken meanwhile (another instance's sweeper, a request)
-        if reclaimed:
-            log.info("reclaimed %d expired uploads", reclaimed)
-        return reclaimed
-
-    async def _expire(self, candidate: Upload, now: datetime) -> bool:
-        async with self.locks.hold(candidate.id, wait=False):
-            current = await self.repository.get(candidate.id)
-            # unchanged since the query (so still idle), or past its own deadline
-            if current is None or not (
-                current.version == candidate.version or rules.is_expired(current, now)
-            ):
-                return False
-            layout = await self._layout(current.id)
-            new = await self.repository.transition(
-                current, status=UploadStatus.EXPIRED, expires_at=current.expires_at
-            )
-            if new is None:
-                return False
-            await self.cache.put(new)
-            await self.store.delete(current.id, layout)
-            await self._forget_layout(current.id, layout)
-            return True
-
-    async def assemble_pending(self) -> int:
-        """Finish the assembly of finished uploads whose assembly failed before (the store
-        was unreachable); returns how many were assembled."""
-        if not self.store.uses_layout:
-            return 0
-        assembled = 0
-        for upload_id in await self.repository.unassembled():
-            if await self.locks.held_anywhere(upload_id):
-                continue
-            try:
-                upload = await self._assemble_pending_one(upload_id)
-            except UploadLocked:
-                continue
-            if upload is None:
-                continue
-            assembled += 1
-            if upload.is_partial:
-                await self._complete_waiting_finals(upload.id)
-        return assembled
-
-    async def _assemble_pending_one(self, upload_id: str) -> Upload | None:
-        async with self.locks.hold(upload_id, wait=False):
-            upload = await self.repository.get(upload_id)
-            if upload is None or upload.status is not UploadStatus.FINISHED:
-                return None
-            await self._assemble(upload)
-            return upload
-
-    async def collect_orphans(self, min_age: timedelta) -> int:
-        """Remove what the store holds that no upload we keep refers to (S3: multipart
-        uploads and fragments left by crashes or by a lost database); returns the count."""
-        live = LiveUploads(
-            handles=self.repository.live_handles,
-            receiving=self.repository.receiving,
-            kept=self.repository.kept,
-        )
-        return await self.store.collect_garbage(live, min_age)
+            await self.forget_layout(upload_id, layout)

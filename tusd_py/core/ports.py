@@ -1,0 +1,163 @@
+"""The ports of the core: what the upload service needs from the world, as Protocols.
+
+The service is written against these and nothing else; `state/` implements them (SQL
+repository, in-process and Redis caches, local and Redis locks), `wiring.py` plugs the
+implementations in. Tests can pass any object of the right shape.
+
+`Holding` and `Receive` live here too: they are the shapes the service and the body pump
+share with the lock managers and the HTTP server, not a backend of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from tusd_protocol.state import Upload, UploadStatus
+from tusd_storage import Layout, Part
+
+#: an ASGI receive channel: the request body arrives as {"type": "http.request", ...}
+#: messages, an ended connection as {"type": "http.disconnect"}
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class BackendUnavailable(Exception):
+    """A backing service (lock service, cache) could not be asked; the HTTP layer answers
+    503 with Retry-After. Raised by port implementations, so the core needs no driver's
+    exception types."""
+
+
+# --- the state database ---------------------------------------------------------------
+
+
+class Repository(Protocol):
+    """Upload records: every transition is guarded by the expected old record."""
+
+    async def insert(
+        self,
+        upload: Upload,
+        metadata: dict[str, bytes | None],
+        partial_ids: Sequence[str] = (),
+        now: datetime | None = None,
+        layout: Layout = ...,
+    ) -> None: ...
+
+    async def get(self, upload_id: str) -> Upload | None: ...
+
+    async def get_many(self, upload_ids: Sequence[str]) -> dict[str, Upload]: ...
+
+    async def metadata(self, upload_id: str) -> dict[str, bytes | None]: ...
+
+    async def transition(
+        self,
+        old: Upload,
+        *,
+        status: UploadStatus,
+        offset: int | None = None,
+        length: int | None = None,
+        expires_at: datetime | None = None,
+        now: datetime | None = None,
+        layout: Layout | None = None,
+        new_parts: Sequence[Part] = (),
+    ) -> Upload | None:
+        """Move `old` to its next state; None when the stored record is no longer `old`."""
+
+    async def layout(self, upload_id: str) -> Layout: ...
+
+    async def save_layout(self, upload_id: str, layout: Layout) -> None: ...
+
+    async def parts(self, upload_id: str) -> list[Part]: ...
+
+    async def unassembled(self, limit: int = 100) -> list[str]: ...
+
+    async def live_handles(self, handles: Sequence[str]) -> set[str]: ...
+
+    async def kept(self, upload_ids: Sequence[str]) -> set[str]: ...
+
+    async def receiving(self, upload_ids: Sequence[str]) -> set[str]: ...
+
+    async def delete(self, upload_id: str) -> None: ...
+
+    async def partial_ids(self, final_id: str) -> list[str]: ...
+
+    async def finals_waiting_on(self, partial_id: str) -> list[str]: ...
+
+    async def expired(
+        self, now: datetime, idle_since: datetime | None = None, limit: int = 500
+    ) -> list[Upload]: ...
+
+
+# --- the hot-state cache --------------------------------------------------------------
+
+
+class UploadCache(Protocol):
+    """The hot state of uploads beside the database (in-process, or Redis)."""
+
+    #: True when every commit goes through this cache (one process): writers may trust it
+    authoritative: bool
+    hits: int
+    misses: int
+
+    async def get(self, upload_id: str) -> Upload | None: ...
+
+    async def put(self, upload: Upload) -> None: ...
+
+    async def refresh(self, upload: Upload) -> None:
+        """Write the database's record whatever the entry's version (lock holders only)."""
+
+    async def forget(self, upload_id: str) -> None: ...
+
+
+# --- one holder per upload ------------------------------------------------------------
+
+HANDOVER = "tusd-py: lock handover"
+
+
+@dataclass(eq=False)
+class Holding:
+    """The current holder of one upload's lock."""
+
+    upload_id: str
+    task: asyncio.Task[object] | None = field(default_factory=asyncio.current_task)
+    #: set when another request wants the upload
+    stop_requested: bool = False
+    #: True only while the holder awaits body bytes; then cancelling it loses nothing
+    receiving: bool = False
+
+    def request_stop(self) -> None:
+        if self.stop_requested:
+            return  # one cancellation per handover, however many newcomers ask
+        self.stop_requested = True
+        if self.receiving and self.task is not None and not self.task.done():
+            self.task.cancel(HANDOVER)
+
+    def is_handover(self, exc: asyncio.CancelledError) -> bool:
+        """Was this cancellation our handover (and not a shutdown)? Un-cancels if so."""
+        if not self.stop_requested or self.task is None:
+            return False
+        if HANDOVER not in exc.args or self.task.cancelling() > 1:
+            return False  # a real cancellation (shutdown) came too: let it through
+        self.task.uncancel()
+        return True
+
+
+class UploadLocks(Protocol):
+    """One holder per upload, with handover (LocalLocks, RedisLocks)."""
+
+    def is_held(self, upload_id: str) -> bool: ...
+
+    async def held_anywhere(self, upload_id: str) -> bool:
+        """Held by any request that could write the upload; raises BackendUnavailable when
+        the lock service cannot be asked."""
+
+    def hold(
+        self, upload_id: str, *, wait: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[Holding]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...

@@ -1,0 +1,75 @@
+"""build_app(settings) -> a Starlette application, mountable under any prefix."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from ..config import Settings, settings_from_environment
+from ..wiring import Runtime, build_service, make_redis, make_state_engine
+from .cors import CORSMiddleware
+from .endpoints import TusHandlers
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
+
+
+def build_app(settings: Settings) -> Starlette:
+    engine = make_state_engine(settings)
+    redis = make_redis(settings) if settings.redis_url else None
+    service = build_service(settings, engine, redis)
+    runtime = Runtime(settings, engine, service, redis)
+    handlers = TusHandlers(service, settings, runtime.start)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def ready(request: Request) -> Response:
+        """Ready when the backing services answer (a load balancer takes it out if not)."""
+        problem = await runtime.readiness()
+        if problem is not None:
+            return PlainTextResponse(f"ERR_UNAVAILABLE: {problem}\n", status_code=503)
+        return PlainTextResponse("ok\n")
+
+    base = settings.base_path
+    routes = [
+        Route("/health", health, methods=["GET", "HEAD"]),
+        Route("/ready", ready, methods=["GET", "HEAD"]),
+        Route(base, handlers.collection, methods=ALL_METHODS),
+        Route(base + "{upload_id}", handlers.upload, methods=ALL_METHODS),
+        Route(base + "{rest:path}", handlers.not_found, methods=ALL_METHODS),
+    ]
+    if base != "/":
+        routes.append(Route(base.rstrip("/"), handlers.collection, methods=ALL_METHODS))
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(CORSMiddleware, origins=settings.cors_origins)],
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False
+    app.state.runtime = runtime
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """The application of one worker process of `serve --workers N`."""
+    settings = settings_from_environment()
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return build_app(settings)
