@@ -26,6 +26,9 @@ class Settings:
     #: seconds an idle unfinished upload lives; 0 = forever
     expiration: float = 86400
     cors_origins: tuple[str, ...] = ("*",)
+    #: let browsers send cookies and HTTP auth (Access-Control-Allow-Credentials): only with
+    #: an explicit origin list, never with "*" (any web page could act as the user)
+    cors_allow_credentials: bool = False
     behind_proxy: bool = False
     log_level: str = "info"
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS
@@ -72,6 +75,11 @@ class Settings:
                 object.__setattr__(self, "s3_secure", secure)
         if self.storage != "file" and not self.storage.startswith("s3://"):
             raise ValueError(f"storage must be 'file' or s3://BUCKET/PREFIX, not {self.storage!r}")
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError(
+                "--cors-allow-credentials needs an explicit --cors-origins list: with '*' any "
+                "web page a signed-in user visits could send requests in that user's name"
+            )
         if self.workers > 1 and not self.redis_url:
             raise ValueError(
                 f"--workers {self.workers} needs --redis-url: several processes must share "

@@ -246,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Env TUSD_CORS_ORIGINS. Default: *",
     )
     serve.add_argument(
+        "--cors-allow-credentials",
+        action=argparse.BooleanOptionalAction,
+        default=_env("CORS_ALLOW_CREDENTIALS", False, _bool),
+        help="allow cookies and HTTP authentication from the listed --cors-origins "
+        "(Access-Control-Allow-Credentials); refused with *. Env TUSD_CORS_ALLOW_CREDENTIALS. "
+        "Default: off",
+    )
+    serve.add_argument(
         "--behind-proxy",
         action=argparse.BooleanOptionalAction,
         default=_env("BEHIND_PROXY", False, _bool),
@@ -325,6 +333,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             max_size=args.max_size,
             expiration=args.expiration,
             cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
+            cors_allow_credentials=args.cors_allow_credentials,
             behind_proxy=args.behind_proxy,
             log_level=args.log_level,
             workers=args.workers,
