@@ -57,7 +57,13 @@ def build_app(settings: Settings) -> Starlette:
         routes.append(Route(base.rstrip("/"), handlers.collection, methods=ALL_METHODS))
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(CORSMiddleware, origins=settings.cors_origins)],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                origins=settings.cors_origins,
+                allow_credentials=settings.cors_allow_credentials,
+            )
+        ],
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False

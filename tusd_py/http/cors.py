@@ -60,13 +60,35 @@ EXPOSE_HEADERS = ", ".join(
 
 
 class CORSMiddleware:
-    def __init__(self, app: ASGIApp, origins: tuple[str, ...]) -> None:
+    """Origins `("*",)`: any page may upload, as nobody (`Access-Control-Allow-Origin: *`, never
+    credentials). An explicit origin list: those origins are echoed, and get credentials (cookies,
+    HTTP auth) only with `allow_credentials`. Every answer carries `Vary: Origin`, since it
+    depends on the request's Origin."""
+
+    def __init__(
+        self, app: ASGIApp, origins: tuple[str, ...], allow_credentials: bool = False
+    ) -> None:
         self.app = app
         self.any_origin = "*" in origins
+        if allow_credentials and self.any_origin:
+            raise ValueError(
+                "CORS credentials need an explicit origin list: with '*' any web page a "
+                "signed-in user visits could send requests in that user's name"
+            )
+        self.allow_credentials = allow_credentials
         self.origins = frozenset(o.rstrip("/").lower() for o in origins if o != "*")
 
     def allowed(self, origin: str) -> bool:
         return self.any_origin or origin.rstrip("/").lower() in self.origins
+
+    def grant(self, origin: str) -> list[tuple[str, str]]:
+        """The headers that let a page at this (allowed) origin use the answer."""
+        if self.any_origin:
+            return [("Access-Control-Allow-Origin", "*")]
+        granted = [("Access-Control-Allow-Origin", origin)]
+        if self.allow_credentials:
+            granted.append(("Access-Control-Allow-Credentials", "true"))
+        return granted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,20 +96,22 @@ class CORSMiddleware:
             return
         headers = Headers(scope=scope)
         origin = headers.get("origin")
-        if origin is None:
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+        if (
+            origin is not None
+            and scope["method"] == "OPTIONS"
+            and "access-control-request-method" in headers
+        ):
             await self._preflight(origin, send)
             return
-        allowed = self.allowed(origin)
+        granted = self.grant(origin) if origin is not None and self.allowed(origin) else []
 
         async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start" and allowed:
+            if message["type"] == "http.response.start":
                 out = MutableHeaders(scope=message)
-                out["Access-Control-Allow-Origin"] = origin
-                out["Access-Control-Allow-Credentials"] = "true"
-                out["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+                if granted:
+                    for name, value in granted:
+                        out[name] = value
+                    out["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
                 out.add_vary_header("Origin")
             await send(message)
 
@@ -106,8 +130,9 @@ class CORSMiddleware:
             await send({"type": "http.response.body", "body": body})
             return
         headers = [
-            (b"access-control-allow-origin", origin.encode("latin-1")),
-            (b"access-control-allow-credentials", b"true"),
+            (name.lower().encode(), value.encode("latin-1")) for name, value in self.grant(origin)
+        ]
+        headers += [
             (b"access-control-allow-methods", ALLOW_METHODS.encode()),
             (b"access-control-allow-headers", ALLOW_HEADERS.encode()),
             (b"access-control-expose-headers", EXPOSE_HEADERS.encode()),
