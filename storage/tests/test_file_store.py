@@ -8,15 +8,17 @@ import hashlib
 import os
 import random
 import tempfile
+import time
 import tracemalloc
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tusd_storage import Capability, FileStore, FsyncPolicy, Source, StorageError
+from tusd_storage import Capability, FileStore, FsyncPolicy, LiveUploads, Source, StorageError
 from tusd_storage import file as file_module
 
 ID = "abcdefghijklmnop"
@@ -245,6 +247,109 @@ def test_delete_removes_the_file_and_is_idempotent(store: FileStore) -> None:
     asyncio.run(store.delete("neverexistedxxxx"))
     with pytest.raises(StorageError):
         read_all(store, ID, 0, 3)
+
+
+# --- garbage collection ----------------------------------------------------------------
+
+
+class FakeDatabase:
+    """LiveUploads over a set of kept ids; records every question `kept` was asked."""
+
+    def __init__(self, kept: set[str]) -> None:
+        self.kept_ids = set(kept)
+        self.questions: list[list[str]] = []
+
+    async def kept(self, upload_ids: list[str]) -> set[str]:
+        self.questions.append(list(upload_ids))
+        return self.kept_ids & set(upload_ids)
+
+    async def nothing(self, upload_ids: list[str]) -> set[str]:
+        raise AssertionError("the file store asks only which uploads are kept")
+
+    def live(self) -> LiveUploads:
+        return LiveUploads(handles=self.nothing, receiving=self.nothing, kept=self.kept)
+
+
+def age(path: Path, seconds: float) -> None:
+    """Set the file's modification time `seconds` into the past."""
+    when = time.time() - seconds
+    os.utime(path, (when, when), follow_symlinks=False)
+
+
+def collect(store: FileStore, database: FakeDatabase, min_age: float = 60) -> int:
+    return asyncio.run(store.collect_garbage(database.live(), timedelta(seconds=min_age)))
+
+
+def test_gc_removes_old_files_the_database_does_not_keep(store: FileStore) -> None:
+    kept, orphan, young = "keptkeptkeptkept", "orphanorphan0000", "youngyoungyoung0"
+    for upload_id in (kept, orphan, young):
+        create(store, upload_id)
+    append(store, kept, 0, [b"abc"])
+    age(store.path(kept), 3600)
+    age(store.path(orphan), 3600)
+    age(store.path(young), 10)  # perhaps a creation whose row is being written right now
+    database = FakeDatabase({kept})
+
+    assert collect(store, database) == 1
+
+    assert not store.path(orphan).exists()
+    assert store.path(kept).read_bytes() == b"abc"
+    assert store.path(young).exists()
+    assert sorted(id for question in database.questions for id in question) == [kept, orphan]
+
+
+def test_gc_leaves_names_that_are_not_upload_ids(store: FileStore) -> None:
+    strangers = [".hiddenhiddenhidden", "short", "has.a.dot.in.the.name", "x" * 65]
+    for name in strangers:
+        (store.directory / name).write_bytes(b"not ours")
+    (store.directory / "directorydirectory").mkdir()
+    target = store.directory.parent / "target"
+    target.write_bytes(b"elsewhere")
+    (store.directory / "symlinksymlinksym").symlink_to(target)
+    for path in store.directory.iterdir():
+        age(path, 3600)
+    database = FakeDatabase(set())
+
+    assert collect(store, database) == 0
+
+    assert all((store.directory / name).exists() for name in strangers)
+    assert (store.directory / "directorydirectory").is_dir()
+    assert target.read_bytes() == b"elsewhere"
+    assert database.questions in ([], [[]])
+
+
+def test_gc_asks_the_database_in_batches(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(file_module, "GC_BATCH", 3)
+    ids = [f"upload{index:010d}" for index in range(8)]
+    for upload_id in ids:
+        create(store, upload_id)
+        age(store.path(upload_id), 3600)
+    database = FakeDatabase({ids[1], ids[6]})
+
+    assert collect(store, database) == 6
+
+    assert [len(question) for question in database.questions] == [3, 3, 2]
+    assert sorted(id for question in database.questions for id in question) == ids
+    assert sorted(path.name for path in store.directory.iterdir()) == [ids[1], ids[6]]
+
+
+def test_gc_does_not_count_a_file_removed_meanwhile(store: FileStore) -> None:
+    gone, orphan = "deletedmeanwhile", "orphanorphan0000"
+    for upload_id in (gone, orphan):
+        create(store, upload_id)
+        age(store.path(upload_id), 3600)
+
+    class DeletingDatabase(FakeDatabase):
+        async def kept(self, upload_ids: list[str]) -> set[str]:
+            await store.delete(gone)  # a DELETE or the expiry sweeper, while gc asks
+            return await super().kept(upload_ids)
+
+    assert collect(store, DeletingDatabase(set())) == 1
+    assert list(store.directory.iterdir()) == []
+
+
+def test_gc_of_an_empty_directory(store: FileStore) -> None:
+    assert collect(store, FakeDatabase(set())) == 0
 
 
 def test_abort_releases_the_file(store: FileStore) -> None:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
+import re
+import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from .base import (
@@ -19,6 +23,7 @@ from .base import (
     Appender,
     Capability,
     Layout,
+    LiveUploads,
     Part,
     Source,
     StorageError,
@@ -30,6 +35,12 @@ BATCH_BYTES = 1024 * 1024
 READ_BLOCK = 1024 * 1024
 #: pwritev takes at most IOV_MAX buffers
 MAX_IOVECS = min(getattr(os, "IOV_MAX", 1024), 1024)
+#: the ids the protocol layer issues and accepts; other names in the directory are not ours
+UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+#: ids asked about in one question to the state database
+GC_BATCH = 500
+
+log = logging.getLogger("tusd_storage.file")
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -134,6 +145,46 @@ class FileStore(Store):
                 pass
 
         await asyncio.to_thread(remove)
+
+    async def collect_garbage(self, live: LiveUploads, min_age: timedelta) -> int:
+        """Remove the files of uploads the database does not keep (never recorded: the
+        server died between creating the file and writing the row; or terminated, expired
+        and not deleted), last modified at least `min_age` ago; returns how many."""
+        candidates = await asyncio.to_thread(self._files_older_than, min_age)
+        removed = 0
+        for start in range(0, len(candidates), GC_BATCH):
+            batch = candidates[start : start + GC_BATCH]
+            kept = await live.kept(batch)
+            for upload_id in batch:
+                if upload_id not in kept and await asyncio.to_thread(self._remove, upload_id):
+                    log.info("removed orphaned upload file %s", upload_id)
+                    removed += 1
+        return removed
+
+    def _files_older_than(self, min_age: timedelta) -> list[str]:
+        """Upload ids whose file was last modified at least `min_age` ago, sorted."""
+        cutoff = time.time() - min_age.total_seconds()
+        found = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if UPLOAD_ID.fullmatch(entry.name) is None:
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    modified = entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue  # removed meanwhile (a DELETE, the expiry sweeper)
+                if modified <= cutoff:
+                    found.append(entry.name)
+        return sorted(found)
+
+    def _remove(self, upload_id: str) -> bool:
+        try:
+            os.unlink(self.path(upload_id))
+        except FileNotFoundError:
+            return False  # removed meanwhile
+        return True
 
     def _sync_directory(self) -> None:
         if self.fsync is FsyncPolicy.ALWAYS:
