@@ -5,26 +5,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
+from tests.unit._async import run, until
 from tusd_py.core.body import DRAIN_MAX, BodyResult, pump_body
 from tusd_py.core.ports import HANDOVER, Holding
 from tusd_py.state.local_locks import LocalLocks
 from tusd_storage import MemoryStore
 
 ID = "abcdefghijklmnop"
-T = TypeVar("T")
-
-
-def run(main: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await main()
-
-    return asyncio.run(bounded())
 
 
 def body_messages(chunks: Iterable[bytes], *, end: str = "complete") -> list[dict[str, Any]]:
@@ -101,7 +93,7 @@ def test_an_empty_body_is_complete() -> None:
 
 
 def test_a_final_message_with_bytes_is_counted() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"type": "http.request", "body": b"ab", "more_body": True},
         {"type": "http.request", "body": b"cd"},  # more_body defaults to False
     ]
@@ -220,11 +212,18 @@ def test_stops_on_handover_while_waiting_for_bytes() -> None:
     assert cancelling == 0
 
 
-def test_a_real_cancellation_propagates() -> None:
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(None, id="a-real-cancellation"),
+        pytest.param(HANDOVER, id="the-marker-without-a-stop-request"),
+    ],
+)
+def test_a_cancellation_that_is_no_handover_propagates(message: str | None) -> None:
     async def main() -> None:
         store = MemoryStore()
         await store.create(ID, None)
-        holding = Holding(ID)  # this task holds it
+        holding = Holding(ID)  # this task holds it; nobody asked it to stop
         receive = FakeReceive([])
 
         async def pump() -> BodyResult:
@@ -232,33 +231,11 @@ def test_a_real_cancellation_propagates() -> None:
             return await pump_body(receive, store.appender(ID, 0), None, None, holding)
 
         task = asyncio.create_task(pump())
-        while receive.calls == 0:
-            await asyncio.sleep(0)
-        task.cancel()
+        await until(lambda: receive.calls > 0)
+        task.cancel(message)  # a shutdown; or the marker, but not from request_stop
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not holding.receiving
-
-    run(main)
-
-
-def test_a_cancellation_with_the_marker_but_no_stop_request_propagates() -> None:
-    async def main() -> None:
-        store = MemoryStore()
-        await store.create(ID, None)
-        holding = Holding(ID)
-        receive = FakeReceive([])
-
-        async def pump() -> BodyResult:
-            holding.task = asyncio.current_task()
-            return await pump_body(receive, store.appender(ID, 0), None, None, holding)
-
-        task = asyncio.create_task(pump())
-        while receive.calls == 0:
-            await asyncio.sleep(0)
-        task.cancel(HANDOVER)  # not from request_stop
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
     run(main)
 

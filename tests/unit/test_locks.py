@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from tests.unit._async import run, until
 from tusd_protocol.errors import UploadLocked
-from tusd_py.core.ports import HANDOVER, Holding
+from tusd_py.core.ports import HANDOVER, Holding, UploadLocks
 from tusd_py.state.local_locks import LocalLocks
 
 ID = "abcdefghijklmnop"
@@ -68,40 +69,71 @@ def test_lock_is_released_when_the_holder_raises() -> None:
     run(main)
 
 
+async def hold(
+    locks: UploadLocks,
+    entered: asyncio.Event,
+    log: list[str],
+    *,
+    receiving: bool = True,
+    looks: bool = False,
+    waits: bool = True,
+    release: asyncio.Event | None = None,
+) -> None:
+    """A request holding ID, logging what happens to it:
+    1. with `looks`, it is busy elsewhere (not receiving: a newcomer cannot cancel it) until
+       it sees stop_requested: "asked";
+    2. with `waits`, it waits for `release` (default: never), as if for body bytes when
+       `receiving`; cancelled, it logs "handed over" and goes on, or "cancelled" and re-raises;
+    3. it saves what it has (a moment) with its task's "cancelling=N" count, then "saved"."""
+    async with locks.hold(ID) as holding:
+        entered.set()
+        if looks:
+            await until(lambda: holding.stop_requested)
+            log.append("asked")
+        if waits:
+            holding.receiving = receiving
+            try:
+                await (release or asyncio.Event()).wait()
+            except asyncio.CancelledError as exc:
+                if not holding.is_handover(exc):
+                    log.append("cancelled")
+                    raise
+                assert HANDOVER in exc.args and holding.stop_requested
+                log.append("handed over")
+            finally:
+                holding.receiving = False
+        current = asyncio.current_task()
+        assert current is not None
+        log.append(f"cancelling={current.cancelling()}")
+        await asyncio.sleep(0.01)
+        log.append("saved")
+
+
+async def start_holder(locks: UploadLocks, log: list[str], **behaviour: Any) -> asyncio.Task[None]:
+    """hold() in a task of its own, once it holds the lock."""
+    entered = asyncio.Event()
+    task = asyncio.create_task(hold(locks, entered, log, **behaviour))
+    await entered.wait()
+    return task
+
+
+async def hold_briefly(locks: UploadLocks) -> None:
+    async with locks.hold(ID):
+        pass
+
+
 def test_receiving_holder_is_cancelled_with_the_handover_marker() -> None:
     async def main() -> None:
         locks = LocalLocks(acquire_timeout=5)
-        never = asyncio.Event()
-        entered = asyncio.Event()
         log: list[str] = []
-
-        async def holder() -> str:
-            async with locks.hold(ID) as holding:
-                entered.set()
-                holding.receiving = True
-                try:
-                    await never.wait()  # a receive() for body bytes that never come
-                except asyncio.CancelledError as exc:
-                    assert HANDOVER in exc.args
-                    assert holding.stop_requested
-                    assert holding.is_handover(exc)
-                    log.append("handed over")
-                finally:
-                    holding.receiving = False
-                # uncancelled: the holder can still save what it has and answer
-                current = asyncio.current_task()
-                assert current is not None and current.cancelling() == 0
-                await asyncio.sleep(0.01)
-                log.append("saved")
-            return "answered"
-
-        holder_task = asyncio.create_task(holder())
-        await entered.wait()
+        holder = await start_holder(locks, log)
         async with locks.hold(ID) as newcomer:
             log.append("newcomer in")
             assert not newcomer.stop_requested
-        assert await holder_task == "answered"
-        assert log == ["handed over", "saved", "newcomer in"]
+        await holder
+        # uncancelled: the holder could still save what it had and answer
+        assert log == ["handed over", "cancelling=0", "saved", "newcomer in"]
+        assert not holder.cancelled()
 
     run(main)
 
@@ -109,23 +141,14 @@ def test_receiving_holder_is_cancelled_with_the_handover_marker() -> None:
 def test_busy_holder_sees_stop_requested() -> None:
     async def main() -> None:
         locks = LocalLocks(acquire_timeout=5)
-        entered = asyncio.Event()
-        observed: list[bool] = []
-
-        async def holder() -> None:
-            async with locks.hold(ID) as holding:
-                entered.set()
-                # busy elsewhere (not receiving): it is not cancelled, it must look
-                await until(lambda: holding.stop_requested)
-                observed.append(holding.stop_requested)
-
-        holder_task = asyncio.create_task(holder())
-        await entered.wait()
+        log: list[str] = []
+        # busy elsewhere (not receiving): it is not cancelled, it must look
+        holder = await start_holder(locks, log, receiving=False, looks=True, waits=False)
         async with locks.hold(ID):
-            pass
-        await holder_task
-        assert observed == [True]
-        assert not holder_task.cancelled()
+            log.append("newcomer in")
+        await holder
+        assert log == ["asked", "cancelling=0", "saved", "newcomer in"]
+        assert not holder.cancelled()
 
     run(main)
 
@@ -133,15 +156,10 @@ def test_busy_holder_sees_stop_requested() -> None:
 def test_holder_that_does_not_let_go_makes_the_newcomer_423() -> None:
     async def main() -> None:
         locks = LocalLocks(acquire_timeout=0.1)
-        entered, release = asyncio.Event(), asyncio.Event()
-
-        async def stuck_holder() -> None:
-            async with locks.hold(ID):
-                entered.set()
-                await release.wait()  # neither receiving nor looking at stop_requested
-
-        holder_task = asyncio.create_task(stuck_holder())
-        await entered.wait()
+        release = asyncio.Event()
+        log: list[str] = []
+        # neither receiving nor looking at stop_requested
+        holder = await start_holder(locks, log, receiving=False, release=release)
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(UploadLocked) as info:
@@ -152,9 +170,10 @@ def test_holder_that_does_not_let_go_makes_the_newcomer_423() -> None:
         assert info.value.code == "ERR_UPLOAD_LOCKED"
         assert "Retry-After" in info.value.headers
         assert 0.09 <= waited < 2
-        assert not holder_task.done()
+        assert not holder.done()
         release.set()
-        await holder_task
+        await holder
+        assert log == ["cancelling=0", "saved"]
         # the failed newcomer left nothing behind: the next request gets the lock at once
         async with locks.hold(ID, wait=False):
             pass
@@ -183,26 +202,13 @@ def test_wait_false_raises_423_immediately() -> None:
 def test_real_cancellation_is_not_a_handover() -> None:
     async def main() -> None:
         locks = LocalLocks()
-        entered = asyncio.Event()
-        verdicts: list[bool] = []
-
-        async def holder() -> None:
-            async with locks.hold(ID) as holding:
-                entered.set()
-                holding.receiving = True
-                try:
-                    await asyncio.Event().wait()
-                except asyncio.CancelledError as exc:
-                    verdicts.append(holding.is_handover(exc))
-                    raise
-
-        task = asyncio.create_task(holder())
-        await entered.wait()
-        task.cancel()  # a shutdown, no newcomer
+        log: list[str] = []
+        holder = await start_holder(locks, log)
+        holder.cancel()  # a shutdown, no newcomer
         with pytest.raises(asyncio.CancelledError):
-            await task
-        assert verdicts == [False]
-        assert task.cancelled()
+            await holder
+        assert log == ["cancelled"]
+        assert holder.cancelled()
         assert not locks.is_held(ID)
 
     run(main)
@@ -211,36 +217,18 @@ def test_real_cancellation_is_not_a_handover() -> None:
 def test_cancellation_with_another_message_is_not_a_handover() -> None:
     async def main() -> None:
         locks = LocalLocks(acquire_timeout=5)
-        entered = asyncio.Event()
-        verdicts: list[bool] = []
-
-        async def holder() -> None:
-            async with locks.hold(ID) as holding:
-                entered.set()
-                # busy, not receiving: a newcomer only sets stop_requested
-                await until(lambda: holding.stop_requested)
-                try:
-                    await asyncio.Event().wait()
-                except asyncio.CancelledError as exc:
-                    verdicts.append(holding.is_handover(exc))
-                    raise
-
-        task = asyncio.create_task(holder())
-        await entered.wait()
-        newcomer = asyncio.create_task(_hold_briefly(locks))
+        log: list[str] = []
+        # busy, not receiving: a newcomer only sets stop_requested
+        holder = await start_holder(locks, log, receiving=False, looks=True)
+        newcomer = asyncio.create_task(hold_briefly(locks))
         await asyncio.sleep(0.05)
-        task.cancel("server shutting down")
+        holder.cancel("server shutting down")
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await holder
         await newcomer
-        assert verdicts == [False]
+        assert log == ["asked", "cancelled"]
 
     run(main)
-
-
-async def _hold_briefly(locks: LocalLocks) -> None:
-    async with locks.hold(ID):
-        pass
 
 
 def test_shutdown_during_a_handover_is_not_swallowed() -> None:
@@ -248,32 +236,16 @@ def test_shutdown_during_a_handover_is_not_swallowed() -> None:
 
     async def main() -> None:
         locks = LocalLocks(acquire_timeout=5)
-        entered = asyncio.Event()
-        verdicts: list[bool] = []
-
-        async def holder() -> None:
-            async with locks.hold(ID) as holding:
-                entered.set()
-                holding.receiving = True
-                try:
-                    await asyncio.Event().wait()
-                except asyncio.CancelledError as exc:
-                    verdicts.append(holding.is_handover(exc))
-                    if not verdicts[-1]:
-                        raise
-                finally:
-                    holding.receiving = False
-                await asyncio.sleep(0.01)  # saving what it has: the shutdown must land here
-
-        task = asyncio.create_task(holder())
-        await entered.wait()
-        newcomer = asyncio.create_task(_hold_briefly(locks))
+        log: list[str] = []
+        holder = await start_holder(locks, log)
+        newcomer = asyncio.create_task(hold_briefly(locks))
         await asyncio.sleep(0)  # the newcomer runs: it asks for the handover and waits
-        assert task.cancelling() == 1  # the holder has not run since
-        task.cancel()  # and the server shuts down, before the holder runs again
+        assert holder.cancelling() == 1  # the holder has not run since
+        holder.cancel()  # and the server shuts down, before the holder runs again
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await holder
         await newcomer
+        assert "saved" not in log
 
     run(main)
 
@@ -285,33 +257,12 @@ def test_two_newcomers_at_once_cause_one_handover() -> None:
 
     async def main() -> None:
         locks = LocalLocks(acquire_timeout=5)
-        entered = asyncio.Event()
-        log: list[object] = []
-
-        async def holder() -> None:
-            async with locks.hold(ID) as holding:
-                entered.set()
-                holding.receiving = True
-                try:
-                    await asyncio.Event().wait()
-                except asyncio.CancelledError as exc:
-                    log.append(holding.is_handover(exc))
-                    if not log[-1]:
-                        raise
-                finally:
-                    holding.receiving = False
-                current = asyncio.current_task()
-                assert current is not None
-                log.append(current.cancelling())
-                await asyncio.sleep(0.01)
-                log.append("saved")
-
-        task = asyncio.create_task(holder())
-        await entered.wait()
-        first = asyncio.create_task(_hold_briefly(locks))
-        second = asyncio.create_task(_hold_briefly(locks))
-        await asyncio.gather(task, first, second)
-        assert log == [True, 0, "saved"]
+        log: list[str] = []
+        holder = await start_holder(locks, log)
+        first = asyncio.create_task(hold_briefly(locks))
+        second = asyncio.create_task(hold_briefly(locks))
+        await asyncio.gather(holder, first, second)
+        assert log == ["handed over", "cancelling=0", "saved"]
 
     run(main)
 
