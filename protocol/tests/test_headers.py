@@ -22,7 +22,7 @@ from tusd_protocol.errors import (
 )
 from tusd_protocol.headers import (
     MAX_INT,
-    ChecksumHeader,
+    Checksum,
     ConcatFinal,
     ConcatPartial,
     format_checksum,
@@ -111,7 +111,7 @@ def test_concat_partial_reads_back() -> None:
     st.binary(min_size=1, max_size=64),
 )
 def test_checksum_reads_back(algorithm: str, digest: bytes) -> None:
-    checksum = ChecksumHeader(algorithm, digest)
+    checksum = Checksum(algorithm, digest)
     assert parse_checksum(format_checksum(checksum)) == checksum
 
 
@@ -400,7 +400,7 @@ def test_concat_garbage_is_refused(header: str) -> None:
 def test_checksum_parses_algorithm_and_digest() -> None:
     digest = bytes(range(20))
     header = "sha1 " + base64.b64encode(digest).decode()
-    assert parse_checksum(header) == ChecksumHeader("sha1", digest)
+    assert parse_checksum(header) == Checksum("sha1", digest)
 
 
 @pytest.mark.parametrize(
