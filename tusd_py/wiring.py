@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tusd_storage import FileStore, Store
+from tusd_protocol.rules import Feature, Limits
+from tusd_storage import Capability, FileStore, Store
 
 from .config import Settings
 from .core.maintenance import Maintenance
@@ -134,15 +135,35 @@ def build_store(settings: Settings) -> Store:
     )
 
 
+def store_features(store: Store, limits: Limits) -> frozenset[Feature]:
+    """What this server can offer, from the store's declared capabilities and the settings:
+    every dialect advertises exactly these, and the rules refuse the rest."""
+    features = {Feature.CREATION_WITH_UPLOAD, Feature.CHECKSUM, Feature.TERMINATION}
+    for capability, feature in (
+        (Capability.CONCATENATION, Feature.CONCATENATION),
+        (Capability.DEFERRED_LENGTH, Feature.DEFERRED_LENGTH),
+        (Capability.RANGE_READS, Feature.RANGE_READS),
+    ):
+        if capability in store.capabilities:
+            features.add(feature)
+    if limits.expiration is not None:
+        features.add(Feature.EXPIRATION)
+    return frozenset(features)
+
+
 def build_service(
-    settings: Settings, engine: AsyncEngine, redis: Redis | None = None
+    settings: Settings,
+    engine: AsyncEngine,
+    redis: Redis | None = None,
+    store: Store | None = None,
 ) -> UploadService:
-    store = build_store(settings)
+    store = store or build_store(settings)
     limits = settings.limits
     if store.max_upload_size is not None and (
         limits.max_size is None or limits.max_size > store.max_upload_size
     ):
         limits = replace(limits, max_size=store.max_upload_size)
+    limits = replace(limits, features=store_features(store, limits))
     cache: UploadCache
     locks: UploadLocks
     if redis is not None:

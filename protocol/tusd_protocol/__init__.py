@@ -1,6 +1,7 @@
-"""tus 1.0.0 without I/O: header codecs, errors, the upload state machine and its decisions."""
+"""Resumable uploads without I/O: header codecs, errors, the upload state machine, the
+dialect-neutral commands and the rules over them, and the wire dialects (tus 1.0.0)."""
 
-from . import checksums, decisions, errors, headers, state
+from . import checksums, commands, download, errors, headers, rules, state
 from .errors import ProtocolError
 from .state import ConcatKind, Upload, UploadStatus
 
@@ -10,8 +11,10 @@ __all__ = [
     "Upload",
     "UploadStatus",
     "checksums",
-    "decisions",
+    "commands",
+    "download",
     "errors",
     "headers",
+    "rules",
     "state",
 ]

@@ -17,10 +17,19 @@ class ProtocolError(Exception):
     code: ClassVar[str] = "ERR_BAD_REQUEST"
     default_message: ClassVar[str] = "The request is not valid."
 
-    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        current_offset: int | None = None,
+    ):
         self.message = message or self.default_message
-        #: extra response headers the client needs to recover (e.g. the current Upload-Offset)
+        #: extra HTTP response headers, the same in every dialect (Retry-After, Allow, ...)
         self.headers: dict[str, str] = dict(headers or {})
+        #: the upload's offset, for errors a client recovers from by resuming there; each
+        #: dialect tells it in its own header
+        self.current_offset = current_offset
         super().__init__(self.message)
 
     def __repr__(self) -> str:
@@ -88,6 +97,11 @@ class LengthConflict(ProtocolError):
 class LengthAlreadySet(ProtocolError):
     code = "ERR_LENGTH_ALREADY_SET"
     default_message = "The upload length is already known and cannot be changed."
+
+
+class InconsistentLength(ProtocolError):
+    code = "ERR_INCONSISTENT_LENGTH"
+    default_message = "The upload was declared complete at another length than it has."
 
 
 class LengthTooSmall(ProtocolError):

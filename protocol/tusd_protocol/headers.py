@@ -179,7 +179,7 @@ def format_concat(concat: ConcatHeader) -> str:
 
 
 @dataclass(frozen=True)
-class ChecksumHeader:
+class Checksum:
     algorithm: str
     digest: bytes
 
@@ -187,7 +187,7 @@ class ChecksumHeader:
 _ALGORITHM = re.compile(r"[a-z0-9-]{1,32}")
 
 
-def parse_checksum(value: str) -> ChecksumHeader:
+def parse_checksum(value: str) -> Checksum:
     algorithm, sep, encoded = value.partition(" ")
     if not sep or not _ALGORITHM.fullmatch(algorithm) or not encoded:
         raise InvalidChecksum(
@@ -195,10 +195,10 @@ def parse_checksum(value: str) -> ChecksumHeader:
         )
     if not _BASE64.fullmatch(encoded):
         raise InvalidChecksum("Upload-Checksum digest is not valid base64.")
-    return ChecksumHeader(algorithm, base64.b64decode(encoded))
+    return Checksum(algorithm, base64.b64decode(encoded))
 
 
-def format_checksum(checksum: ChecksumHeader) -> str:
+def format_checksum(checksum: Checksum) -> str:
     return f"{checksum.algorithm} {base64.b64encode(checksum.digest).decode('ascii')}"
 
 

@@ -136,6 +136,27 @@ def test_checksum_of_an_empty_body(client: httpx.Client) -> None:
     assert response.headers["upload-offset"] == "0"
 
 
+@pytest.mark.parametrize(
+    "digest",
+    [b"\0" * 21, b"\0" * 19, b"\0", b"\0" * 64],
+    ids=["21-bytes", "19-bytes", "1-byte", "64-bytes"],
+)
+def test_well_formed_digest_of_another_length_is_a_mismatch(
+    client: httpx.Client, digest: bytes
+) -> None:
+    """PROTOCOL 15: `sha1 <valid base64>` whose digest cannot match the body is 460, like any
+    other mismatch, and the chunk is discarded."""
+    url = create(client, 10)
+    value = "sha1 " + base64.b64encode(digest).decode()
+    response = patch(client, url, 0, b"abc", headers={"Upload-Checksum": value})
+    assert_error(response, 460, "ERR_CHECKSUM_MISMATCH")
+    assert response.headers["upload-offset"] == "0"
+    assert offset_of(client, url) == 0
+    good = patch(client, url, 0, b"abc", headers={"Upload-Checksum": checksum("sha1", b"abc")})
+    assert good.status_code == 204, good.text
+    assert offset_of(client, url) == 3
+
+
 def test_unknown_checksum_algorithm_is_400(client: httpx.Client) -> None:
     url = create(client, 10)
     for value in (

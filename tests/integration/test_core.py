@@ -102,9 +102,9 @@ def test_request_without_tus_resumable_is_412_and_changes_nothing(
     server: ServerProcess, client: httpx.Client
 ) -> None:
     url = create(client, 6)
-    upload_all(client, url, b"abcdef")  # finished, so GET would otherwise succeed
+    upload_all(client, url, b"abcdef")
     before = stored(server, url)
-    for method in ("HEAD", "PATCH", "GET", "DELETE"):
+    for method in ("HEAD", "PATCH", "DELETE"):
         headers = {**OCTET, "Upload-Offset": "0"} if method == "PATCH" else {}
         content = b"zz" if method == "PATCH" else None
         response = httpx.request(method, url, headers=headers, content=content)
@@ -115,6 +115,20 @@ def test_request_without_tus_resumable_is_412_and_changes_nothing(
         assert client.head(url).status_code == 200, method
         assert offset_of(client, url) == 6, method
         assert stored(server, url) == before, method
+
+
+def test_get_is_a_plain_download_without_tus_resumable(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    """PROTOCOL 2: a browser link, an <img> or curl cannot send Tus-Resumable."""
+    url = create(client, 6)
+    upload_all(client, url, b"abcdef")
+    for headers in ({}, {"Tus-Resumable": "0.2.2"}):
+        response = httpx.get(url, headers=headers)
+        assert response.status_code == 200, (headers, response.text)
+        assert response.content == b"abcdef"
+        ranged = httpx.get(url, headers={**headers, "Range": "bytes=2-3"})
+        assert (ranged.status_code, ranged.content) == (206, b"cd")
 
 
 def test_patch_with_unsupported_tus_resumable_is_412_and_stores_nothing(
@@ -332,6 +346,29 @@ def test_patch_with_empty_body_keeps_offset(client: httpx.Client) -> None:
     response = patch(client, url, 0, b"")
     assert response.status_code == 204
     assert response.headers["upload-offset"] == "0"
+
+
+@pytest.mark.parametrize("size", [3, 6 * 1024 * 1024], ids=["3-bytes", "6-MiB"])
+def test_empty_patch_at_the_end_of_a_finished_upload_is_204(
+    client: httpx.Client, size: int
+) -> None:
+    """A client that repeats its last PATCH after a lost response must not see a server
+    fault (on S3 the multipart upload is already completed: nothing may be asked of it)."""
+    data = payload(size)
+    url = create(client, size)
+    upload_all(client, url, data)
+    for chunked in (False, True):
+        body: bytes | list[bytes] = [] if chunked else b""
+        response = client.patch(
+            url,
+            headers={**OCTET, "Upload-Offset": str(size)},
+            content=iter(body) if chunked else body,
+        )
+        assert response.status_code == 204, (chunked, response.status_code, response.text)
+        assert response.headers["upload-offset"] == str(size)
+        assert "upload-expires" not in response.headers
+    assert offset_of(client, url) == size
+    assert client.get(url).content == data
 
 
 def test_patch_on_a_finished_upload_is_rejected(client: httpx.Client) -> None:

@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 from tusd_protocol.checksums import Hasher
-from tusd_storage import Appender
+from tusd_storage import Appender, Stored
 
 from .ports import Holding, Receive
 
@@ -25,6 +25,22 @@ class BodyResult:
     #: the body went on past the allowed size (nothing past it was stored)
     overrun: bool = False
 
+
+class _NoBytes(Appender):
+    """The appender of a request that may store nothing (an empty PATCH at the end of a
+    finished upload): pump_body refuses any byte before it would reach `write`."""
+
+    async def write(self, chunk: bytes) -> None:
+        raise AssertionError("no byte may be stored here")
+
+    async def close(self) -> Stored:
+        return Stored(0)
+
+    async def abort(self) -> None:
+        pass
+
+
+NO_BYTES: Appender = _NoBytes()
 
 #: after a handover request, bytes that already reached us are still taken (PROTOCOL 7):
 #: the holder reads on while the next chunk is there within DRAIN_IDLE, for DRAIN_MAX at most

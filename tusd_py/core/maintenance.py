@@ -11,7 +11,7 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
-from tusd_protocol import decisions as rules
+from tusd_protocol import rules
 from tusd_protocol.errors import UploadLocked
 from tusd_protocol.state import Upload, UploadStatus
 from tusd_storage import LiveUploads

@@ -13,19 +13,21 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from tusd_protocol import decisions as rules
+from tusd_protocol import rules
 from tusd_protocol.checksums import new_hasher
-from tusd_protocol.decisions import AppendOutcome, AppendPlan, ByteRange, Headers, Limits
+from tusd_protocol.commands import Append, Create, Download
+from tusd_protocol.download import DownloadPlan, decide_download
 from tusd_protocol.errors import (
     PartialNotFound,
     ProtocolError,
     ServerFault,
     UploadNotFound,
 )
+from tusd_protocol.rules import AppendOutcome, AppendPlan, Feature, Limits
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
 from tusd_storage import EMPTY_LAYOUT, Layout, Source, Store, Stored
 
-from .body import pump_body
+from .body import NO_BYTES, pump_body
 from .ports import BackendUnavailable, Holding, Receive, Repository, UploadCache, UploadLocks
 
 log = logging.getLogger("tusd_py.service")
@@ -37,11 +39,11 @@ def new_upload_id() -> str:
 
 
 @dataclass(frozen=True)
-class Download:
+class DownloadResult:
     upload: Upload
-    metadata: dict[str, bytes | None]
-    byte_range: ByteRange | None
-    body: Callable[[int, int], AsyncIterator[bytes]]
+    plan: DownloadPlan
+    #: the bytes [plan.start, plan.end), streamed from the store
+    body: Callable[[], AsyncIterator[bytes]]
 
 
 class UploadService:
@@ -88,8 +90,11 @@ class UploadService:
             held = False  # no lock service: the database's word is all there is
         if held:
             async with self.locks.hold(upload_id):
-                return await self.load_for_write(upload_id)
-        return await self.load(upload_id)
+                upload = await self.load_for_write(upload_id)
+        else:
+            upload = await self.load(upload_id)
+        rules.check_available(upload, self.clock())
+        return upload
 
     async def load_for_write(self, upload_id: str) -> Upload:
         """The upload as the database has it, for a request that holds its lock: a cache
@@ -102,22 +107,25 @@ class UploadService:
         await self.cache.refresh(upload)  # we hold the lock: the database's word is final
         return upload
 
-    async def download(self, upload_id: str, range_header: str | None) -> Download:
+    async def download(self, upload_id: str, command: Download) -> DownloadResult:
         upload = await self.load(upload_id)
-        rules.check_downloadable(upload, self.clock())
-        assert upload.length is not None
-        metadata = await self.repository.metadata(upload_id)
-        byte_range = rules.parse_range(range_header, upload.length)
+        metadata = await self.repository.metadata(upload_id) if upload.metadata_header else {}
+        plan = decide_download(
+            upload,
+            command,
+            metadata,
+            self.clock(),
+            ranges=Feature.RANGE_READS in self.limits.features,
+        )
         layout = await self.layout_of(upload_id)
         if layout.handle is not None:
             # finished, but its assembly failed earlier (the store was down): finish it now
             async with self.locks.hold(upload_id):
                 layout = await self.assemble(upload)
-        return Download(
+        return DownloadResult(
             upload,
-            metadata,
-            byte_range,
-            lambda start, end: self.store.read(upload_id, start, end, layout),
+            plan,
+            lambda: self.store.read(upload_id, plan.start, plan.end, layout),
         )
 
     async def layout_of(self, upload_id: str) -> Layout:
@@ -129,12 +137,12 @@ class UploadService:
 
     async def create(
         self,
-        headers: Headers,
+        command: Create,
         receive: Receive,
         base_path: str,
         own_hosts: frozenset[str],
     ) -> Upload:
-        plan = rules.decide_creation(headers, self.limits)
+        plan = rules.decide_creation(command, self.limits)
         now = self.clock()
         partials: list[Upload] = []
         partial_ids: list[str] = []
@@ -191,12 +199,12 @@ class UploadService:
 
     # --- appending ---------------------------------------------------------------------
 
-    async def append(self, upload_id: str, headers: Headers, receive: Receive) -> Upload:
+    async def append(self, upload_id: str, command: Append, receive: Receive) -> Upload:
         if not rules.is_valid_upload_id(upload_id):
             raise UploadNotFound()
         async with self.locks.hold(upload_id) as holding:
             upload = await self.load_for_write(upload_id)
-            plan = rules.decide_append(upload, headers, self.limits, self.clock())
+            plan = rules.decide_append(upload, command, self.limits, self.clock())
             return await self._receive(upload, plan, receive, holding)
 
     async def _receive(
@@ -205,7 +213,11 @@ class UploadService:
         layout = await self.layout_of(upload.id)
         plan = rules.limit_to_store_room(plan, self.store.room(layout, plan.offset))
         length = upload.length if upload.length is not None else plan.declare_length
-        appender = self.store.appender(upload.id, plan.offset, layout, length)
+        appender = (
+            self.store.appender(upload.id, plan.offset, layout, length)
+            if plan.stores_bytes
+            else NO_BYTES
+        )
         hasher = new_hasher(plan.checksum.algorithm) if plan.checksum else None
         try:
             body = await pump_body(receive, appender, plan.max_bytes, hasher, holding)

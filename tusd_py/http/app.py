@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from tusd_storage import Store
+
 from ..config import Settings, settings_from_environment
 from ..wiring import Runtime, build_service, make_redis, make_state_engine
 from .cors import CORSMiddleware
@@ -20,10 +22,12 @@ from .endpoints import TusHandlers
 ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
 
 
-def build_app(settings: Settings) -> Starlette:
+def build_app(settings: Settings, store: Store | None = None) -> Starlette:
+    """The tus server as an ASGI application; `store` replaces the one the settings name
+    (a custom store, or one with fewer capabilities)."""
     engine = make_state_engine(settings)
     redis = make_redis(settings) if settings.redis_url else None
-    service = build_service(settings, engine, redis)
+    service = build_service(settings, engine, redis, store)
     runtime = Runtime(settings, engine, service, redis)
     handlers = TusHandlers(service, settings, runtime.start)
 

@@ -1,6 +1,7 @@
-"""HTTP handlers: parse with tusd_protocol, ask the UploadService, format the response.
+"""HTTP endpoints: the dialect parses a request into a command, the UploadService carries
+it out, the dialect formats the outcome.
 
-No business rules here: every status code comes from a decision or a ProtocolError.
+No rules here: every status code comes from a dialect, a decision or a ProtocolError.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from tusd_protocol import decisions as rules
 from tusd_protocol.checksums import ALGORITHMS
-from tusd_protocol.decisions import Headers
+from tusd_protocol.commands import Download
+from tusd_protocol.dialects import tus1
+from tusd_protocol.dialects.tus1 import Headers
 from tusd_protocol.errors import (
     MethodNotAllowed,
     ProtocolError,
@@ -25,8 +27,7 @@ from tusd_protocol.errors import (
     ServiceUnavailable,
     UploadNotFound,
 )
-from tusd_protocol.headers import collect_headers, format_uint
-from tusd_protocol.state import Upload, UploadStatus
+from tusd_protocol.headers import collect_headers
 from tusd_storage import StorageError
 
 from ..config import Settings
@@ -35,8 +36,6 @@ from ..core.service import UploadService
 from .proxy import own_hosts, public_origin
 
 log = logging.getLogger("tusd_py.handlers")
-
-TUS_HEADERS = {"Tus-Resumable": rules.TUS_VERSION}
 
 
 class TusHandlers:
@@ -100,8 +99,8 @@ class TusHandlers:
                 await self.ensure_started()
                 self.started = True
             headers = collect_headers(request.headers.raw)
-            method = rules.effective_method(request.method, headers)
-            rules.check_tus_resumable(method, headers)
+            method = tus1.effective_method(request.method, headers)
+            tus1.check_version(method, headers)
             return await handler(request, headers, method)
         except ProtocolError as exc:
             return error_response(exc, request, method)
@@ -141,62 +140,44 @@ class TusHandlers:
     # --- methods -----------------------------------------------------------------------
 
     def options(self) -> Response:
-        headers = rules.options_headers(self.service.limits, self.checksum_algorithms)
-        return Response(status_code=200, headers={**TUS_HEADERS, **headers})
+        headers = tus1.options_headers(self.service.limits, self.checksum_algorithms)
+        return Response(status_code=200, headers=headers)
 
     async def post(self, request: Request, headers: Headers) -> Response:
         upload = await self.service.create(
-            headers,
+            tus1.parse_create(headers),
             request.receive,
             self._base_path(request),
             own_hosts(request, self.settings.behind_proxy),
         )
-        out = {**TUS_HEADERS, "Location": self.location(request, upload.id)}
-        out.update(offset_headers(upload))
-        out.update(rules.expiry_headers(upload))
-        return Response(status_code=201, headers=out)
+        location = self.location(request, upload.id)
+        return Response(status_code=201, headers=tus1.created_headers(upload, location))
 
     async def head(self, upload_id: str) -> Response:
         upload = await self.service.head(upload_id)
-        headers = rules.head_headers(upload, self.service.clock())
-        return Response(status_code=200, headers={**TUS_HEADERS, **headers})
+        return Response(status_code=200, headers=tus1.head_headers(upload))
 
     async def patch(self, request: Request, headers: Headers, upload_id: str) -> Response:
-        upload = await self.service.append(upload_id, headers, request.receive)
-        out = {**TUS_HEADERS, "Upload-Offset": format_uint(upload.offset)}
-        out.update(rules.expiry_headers(upload))
-        return Response(status_code=204, headers=out)
+        command = tus1.parse_append(headers)
+        upload = await self.service.append(upload_id, command, request.receive)
+        return Response(status_code=204, headers=tus1.appended_headers(upload))
 
     async def delete(self, upload_id: str) -> Response:
         await self.service.terminate(upload_id)
-        return Response(status_code=204, headers=TUS_HEADERS)
+        return Response(status_code=204, headers=tus1.RESUMABLE)
 
     async def get(self, request: Request, headers: Headers, upload_id: str) -> Response:
-        download = await self.service.download(upload_id, headers.get("range"))
-        upload = download.upload
-        assert upload.length is not None
-        etag = f'"{upload.id}-{upload.length}"'
-        out = {
-            **TUS_HEADERS,
-            **rules.content_headers(download.metadata),
-            "ETag": etag,
-            "Accept-Ranges": "bytes",
-            "Cache-Control": "private, max-age=0, must-revalidate",
-            "X-Content-Type-Options": "nosniff",
-        }
-        if headers.get("if-none-match") in (etag, "*"):
-            return Response(status_code=304, headers=out)
-        byte_range = download.byte_range
-        if_range = headers.get("if-range")
-        if if_range is not None and if_range != etag:
-            byte_range = None
-        if byte_range is None:
-            start, end, status = 0, upload.length, 200
-        else:
-            start, end, status = byte_range.start, byte_range.end + 1, 206
-            out["Content-Range"] = f"bytes {start}-{end - 1}/{upload.length}"
-        out["Content-Length"] = str(end - start)
-        return StreamingResponse(download.body(start, end), status_code=status, headers=out)
+        command = Download(
+            range=headers.get("range"),
+            if_none_match=headers.get("if-none-match"),
+            if_range=headers.get("if-range"),
+        )
+        result = await self.service.download(upload_id, command)
+        plan = result.plan
+        out = {**tus1.RESUMABLE, **plan.headers}
+        if not plan.sends_body:
+            return Response(status_code=plan.status, headers=out)
+        return StreamingResponse(result.body(), status_code=plan.status, headers=out)
 
     # --- URLs --------------------------------------------------------------------------
 
@@ -208,16 +189,9 @@ class TusHandlers:
         return f"{scheme}://{host}{self._base_path(request)}{upload_id}"
 
 
-def offset_headers(upload: Upload) -> dict[str, str]:
-    """The 201's Upload-Offset; a final upload has none until it is assembled."""
-    if upload.is_final and upload.status is not UploadStatus.FINISHED:
-        return {}
-    return {"Upload-Offset": format_uint(upload.offset)}
-
-
 def error_response(exc: ProtocolError, request: Request, method: str) -> Response:
     """PROTOCOL 25: a stable code and a sentence, as text or (when asked) JSON."""
-    headers = {**TUS_HEADERS, **exc.headers}
+    headers = tus1.error_headers(exc)
     if exc.status >= 500:
         headers.setdefault("Retry-After", "1")
     if method == "HEAD" or request.method == "HEAD":
