@@ -1,8 +1,10 @@
 """UploadService: the heart. Every request that touches an upload runs here.
 
-lock -> load state -> decide (tusd_protocol) -> stream the body into the store while
+lock -> load state -> decide (tusd_protocol.rules) -> stream the body into the store while
 hashing -> verify -> commit state (one guarded transition) -> write cache -> release.
-Handlers parse and format; the protocol decides; this module carries decisions out.
+A dialect parses requests into commands and formats outcomes; the rules decide; this
+module carries decisions out. It takes commands, never headers, and reaches the database,
+the cache and the locks only through the Protocols of `ports.py`.
 """
 
 from __future__ import annotations
