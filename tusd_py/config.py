@@ -1,80 +1,612 @@
-"""Settings: everything the server is told at start, in one immutable object."""
+"""Settings: everything the server is told at start, in one immutable object.
+
+Each option is declared once, as a field of `Settings` whose metadata says how to read it
+from text, its help sentence and which commands take it. From those declarations come the
+command line (tusd_py.cli), the environment variables TUSD_<NAME>, the settings handed to
+worker processes (settings_to_json / settings_from_environment) and the options tables of
+docs/configuration.md (`uv run python -m tusd_py.config --write-docs`).
+
+A parser takes text (command line, environment) or a Python value (Settings built in code,
+JSON) and returns the value, or raises ValueError with a sentence; the sentence is the same
+whichever way the value came.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
+import math
 import os
-from dataclasses import dataclass
+import re
+import sys
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
-from tusd_protocol.decisions import Limits
+from tusd_protocol.rules import Limits
 from tusd_storage import FsyncPolicy
+
+T = TypeVar("T")
+
+# --- the commands that take options -------------------------------------------------------
+
+SERVE = "serve"
+MIGRATE = "migrate"
+GC = "gc"
+COMMANDS = (SERVE, MIGRATE, GC)
+#: the commands that reach the upload store (migrate reaches only the database)
+STORE = (SERVE, GC)
+
+# --- parsers: text or a Python value in, the value out (or ValueError with a sentence) -----
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise ValueError(f"must be one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}")
+
+
+def text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be text")
+    return value
+
+
+def optional(parse: Callable[[object], T]) -> Callable[[object], T | None]:
+    """None (or empty text) means: not set."""
+
+    def parse_optional(value: object) -> T | None:
+        if value is None or value == "":
+            return None
+        return parse(value)
+
+    return parse_optional
+
+
+def _whole_number(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError("must be a whole number")
+
+
+def whole_number(minimum: int = 0, maximum: int | None = None) -> Callable[[object], int]:
+    def parse_whole_number(value: object) -> int:
+        number = _whole_number(value)
+        if number < minimum:
+            raise ValueError(
+                "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+            )
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be at most {maximum}")
+        return number
+
+    return parse_whole_number
+
+
+non_negative_int = whole_number(0)
+positive_int = whole_number(1)
+
+
+def tcp_port(value: object) -> int:
+    number = _whole_number(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("must be a TCP port number, from 0 to 65535")
+    return number
+
+
+def redis_pool_size(value: object) -> int:
+    number = _whole_number(value)
+    if number < 2:
+        raise ValueError("must be at least 2 (the handover listener keeps one)")
+    return number
+
+
+def s3_part_size(value: object) -> int:
+    number = _whole_number(value)
+    if number < 5 * 1024 * 1024:
+        raise ValueError("S3 parts must be at least 5 MiB (5242880 bytes)")
+    if number > 5 * 1024 * 1024 * 1024:
+        raise ValueError("S3 parts must be at most 5 GiB (5368709120 bytes)")
+    return number
+
+
+def seconds(value: object) -> float:
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    if number is None or not math.isfinite(number):
+        raise ValueError("must be a number of seconds")
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+class OneOf:
+    """One of a few words (case-insensitive); with an enum, its members' values."""
+
+    def __init__(self, choices: Iterable[str], convert: Callable[[str], Any] = str) -> None:
+        self.choices = tuple(choices)
+        self.convert = convert
+
+    def __call__(self, value: object) -> Any:
+        if isinstance(value, str) and value.strip().lower() in self.choices:
+            return self.convert(value.strip().lower())
+        raise ValueError(f"must be one of {', '.join(self.choices)}")
+
+
+def one_of_enum(kind: type[enum.StrEnum]) -> OneOf:
+    return OneOf([member.value for member in kind], kind)
+
+
+def directory(value: object) -> Path:
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str) and value:
+        return Path(value)
+    raise ValueError("must be a directory path")
+
+
+def url_path(value: object) -> str:
+    """`files`, `/files` and `/files/` are all `/files/`."""
+    base = "/" + text(value).strip("/") + "/"
+    return "/" if base == "//" else base
+
+
+def origin_list(value: object) -> tuple[str, ...]:
+    """Comma-separated text, or a sequence of origins."""
+    if isinstance(value, str):
+        items: Iterable[object] = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise ValueError("must be a comma-separated list of origins, or *")
+    return tuple(text(item).strip() for item in items if text(item).strip())
+
+
+def storage_location(value: object) -> str:
+    location = text(value)
+    if location != "file" and not location.startswith("s3://"):
+        raise ValueError("must be 'file' or s3://BUCKET/PREFIX")
+    return location
+
+
+# --- the declaration of one option ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class Option:
+    """What the command line, the environment and the docs know about one Settings field."""
+
+    #: the Settings field
+    name: str
+    default: Any
+    parse: Callable[[object], Any]
+    #: one sentence for --help and the docs (may hold `code` marks)
+    help: str
+    #: more sentences for the docs only (markdown)
+    doc: str
+    commands: tuple[str, ...]
+    #: what --help and the docs say about the default, when its plain value says too little
+    shown_default: str | None = None
+    metavar: str | None = None
+    #: further command-line names
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "TUSD_" + self.name.upper()
+
+    @property
+    def is_switch(self) -> bool:
+        """On or off: `--x` / `--no-x` on the command line."""
+        return self.parse is boolean
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self.parse.choices if isinstance(self.parse, OneOf) else ()
+
+    @property
+    def default_text(self) -> str:
+        """The default as the docs show it (markdown)."""
+        if self.shown_default is not None:
+            return self.shown_default
+        value = self.default
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        return f"`{value}`"
+
+    def parse_environment(self, raw: str) -> Any:
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise EnvironmentValueError(f"{self.env}={raw!r}: {exc}") from None
+
+
+def option(
+    default: T,
+    *,
+    parse: Callable[[object], T],
+    help: str,
+    commands: Iterable[str],
+    doc: str = "",
+    shown_default: str | None = None,
+    metavar: str | None = None,
+    aliases: Sequence[str] = (),
+) -> T:
+    """A Settings field that is also an option (see Option)."""
+    declared = Option(
+        name="",  # the field's name, filled in by _options()
+        default=default,
+        parse=parse,
+        help=help,
+        doc=doc,
+        commands=tuple(commands),
+        shown_default=shown_default,
+        metavar=metavar,
+        aliases=tuple(aliases),
+    )
+    return cast(T, field(default=default, metadata={"option": declared}))
+
+
+class EnvironmentValueError(ValueError):
+    """A TUSD_<NAME> variable holds a value its option refuses."""
+
+
+# --- the settings ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 1080
-    base_path: str = "/files/"
-    data_dir: Path = Path("./tusd-data")
-    #: SQLAlchemy URL; None = SQLite at <data_dir>/tusd.db
-    database_url: str | None = None
-    #: bytes; 0 = no limit
-    max_size: int = 0
-    #: seconds an idle unfinished upload lives; 0 = forever
-    expiration: float = 86400
-    cors_origins: tuple[str, ...] = ("*",)
-    #: let browsers send cookies and HTTP auth (Access-Control-Allow-Credentials): only with
-    #: an explicit origin list, never with "*" (any web page could act as the user)
-    cors_allow_credentials: bool = False
-    behind_proxy: bool = False
-    log_level: str = "info"
-    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
-    #: how long a request waits for an upload another request holds before answering 423
-    lock_acquire_timeout: float = 20.0
-    #: how long a holder gets to let go after being asked
-    lock_handover_timeout: float = 3.0
-    #: uploads whose state the in-process cache keeps
-    cache_entries: int = 100_000
-    #: "file" (a directory under data_dir) or "s3://BUCKET/PREFIX"
-    storage: str = "file"
-    #: host[:port] of the S3 endpoint (a URL with http:// or https:// also sets s3_secure)
-    s3_endpoint: str = "s3.amazonaws.com"
-    s3_region: str = "us-east-1"
-    s3_access_key: str | None = None
-    s3_secret_key: str | None = None
-    s3_secure: bool = True
-    s3_create_bucket: bool = False
-    #: preferred part size; grown per upload so that a known length needs <= 10,000 parts
-    s3_part_size: int = 8 * 1024 * 1024
-    #: part uploads in flight at once in this process (each holds one part in memory)
-    s3_max_concurrent_parts: int = 16
-    #: Redis for the shared state cache and the locks of several instances (None: one process)
-    redis_url: str | None = None
-    #: server processes on this host (more than one needs Redis)
-    workers: int = 1
-    #: state database connections kept per process, extra ones allowed, seconds to wait for one
-    db_pool_size: int = 20
-    db_max_overflow: int = 30
-    db_pool_timeout: float = 5.0
-    #: Redis connections per process (requests wait up to db_pool_timeout for one)
-    redis_pool_size: int = 200
-    #: seconds a cached upload state lives in Redis
-    cache_ttl: float = 3600.0
+    # where the server listens and how it shows itself
+    host: str = option(
+        "127.0.0.1",
+        parse=text,
+        metavar="ADDRESS",
+        commands=[SERVE],
+        help="Address to listen on; `0.0.0.0` accepts connections from other machines.",
+    )
+    port: int = option(
+        1080, parse=tcp_port, metavar="PORT", commands=[SERVE], help="TCP port to listen on."
+    )
+    base_path: str = option(
+        "/files/",
+        parse=url_path,
+        metavar="PATH",
+        commands=[SERVE],
+        help="URL path of the creation endpoint; uploads live at `<base-path><id>`.",
+        doc="A trailing slash is added if missing; POST to the path without it works too.",
+    )
+    behind_proxy: bool = option(
+        False,
+        parse=boolean,
+        commands=[SERVE],
+        help="Build upload URLs from `Forwarded` or `X-Forwarded-Proto` / `X-Forwarded-Host`; "
+        "turn it on only behind a proxy that sets these headers.",
+        doc="Otherwise clients could make the server hand out URLs to other hosts.",
+    )
+    cors_origins: tuple[str, ...] = option(
+        ("*",),
+        parse=origin_list,
+        metavar="ORIGINS",
+        commands=[SERVE],
+        help="Comma-separated browser origins allowed to use the server "
+        "(`https://app.example.com,https://admin.example.com`), or `*` for any.",
+        doc="With `*` any page may upload, without cookies or HTTP authentication "
+        "(`Access-Control-Allow-Origin: *`); a listed origin is echoed back.",
+    )
+    cors_allow_credentials: bool = option(
+        False,
+        parse=boolean,
+        commands=[SERVE],
+        help="Let pages from the listed `--cors-origins` send cookies and HTTP authentication "
+        "(`Access-Control-Allow-Credentials: true`); refused with `*`.",
+        doc="With `*`, any web page a signed-in user visits could send requests in that "
+        "user's name.",
+    )
+
+    # what an upload may be
+    max_size: int = option(
+        0,
+        parse=non_negative_int,
+        metavar="BYTES",
+        commands=[SERVE],
+        help="Largest upload in bytes; `0` means no limit.",
+        doc="Advertised as `Tus-Max-Size`; a larger `Upload-Length` answers 413, and an upload "
+        "with deferred length may not grow past it. With S3 storage, at most 5 TiB "
+        "(5497558138880), which is also the value used for `0`.",
+    )
+    expiration: float = option(
+        86400.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="Seconds an unfinished upload may sit idle before it expires and its bytes are "
+        "reclaimed; `0` means never.",
+        doc="Every PATCH moves the deadline. Expired uploads answer 410 and their bytes are "
+        "removed by a background sweep (every quarter of this time, between 0.5 s and 60 s). "
+        "With `0` uploads never expire, and then no background sweep runs. Finished uploads "
+        "never expire. With S3 storage the same sweep retries assemblies that failed.",
+    )
+
+    # where the bytes live
+    # (`option` is a field specifier, like dataclasses.field: its value is not shared state)
+    data_dir: Path = option(  # noqa: RUF009
+        Path("./tusd-data"),
+        parse=directory,
+        metavar="DIR",
+        shown_default="`./tusd-data`",
+        commands=COMMANDS,
+        help="Directory for upload bytes (`uploads/<id>`, with `--storage file`) and the "
+        "embedded SQLite database (`tusd.db`).",
+        doc="Created if missing.",
+    )
+    storage: str = option(
+        "file",
+        parse=storage_location,
+        metavar="LOCATION",
+        commands=STORE,
+        help="Where upload bytes live: `file` (`<data-dir>/uploads/`) or `s3://BUCKET/PREFIX` "
+        "(an S3 or MinIO bucket).",
+        doc="See [storage.md](storage.md).",
+    )
+    fsync: FsyncPolicy = option(  # noqa: RUF009
+        FsyncPolicy.ALWAYS,
+        parse=one_of_enum(FsyncPolicy),
+        commands=[SERVE],
+        help="When the file store flushes to disk: `always` before every acknowledgement "
+        "(a 204 survives a power loss), or `never` (left to the kernel: a 204 survives a crash "
+        "of the server, not of the machine).",
+        doc="S3 storage does not use it.",
+    )
+    s3_endpoint: str = option(
+        "s3.amazonaws.com",
+        parse=text,
+        metavar="HOST[:PORT]",
+        commands=STORE,
+        help="S3 endpoint as `host[:port]`, or a URL: `http://` means no TLS, `https://` means "
+        "TLS, whatever `--s3-secure` says.",
+    )
+    s3_region: str = option(
+        "us-east-1",
+        parse=text,
+        metavar="REGION",
+        commands=STORE,
+        help="Region used to sign S3 requests.",
+    )
+    s3_access_key: str | None = option(
+        None,
+        parse=optional(text),
+        metavar="KEY",
+        commands=STORE,
+        help="S3 access key; without keys, requests are unsigned.",
+        doc="`AWS_*` variables and `~/.aws` are not read.",
+    )
+    s3_secret_key: str | None = option(
+        None,
+        parse=optional(text),
+        metavar="KEY",
+        commands=STORE,
+        help="S3 secret key; prefer the environment variable.",
+        doc="Command lines are visible to other users in `ps`.",
+    )
+    s3_secure: bool = option(
+        True,
+        parse=boolean,
+        commands=STORE,
+        help="Use HTTPS to reach the S3 endpoint.",
+    )
+    s3_create_bucket: bool = option(
+        False,
+        parse=boolean,
+        commands=STORE,
+        help="Create the bucket at start if it does not exist.",
+        doc="Without it, a missing bucket stops the server at start.",
+    )
+    s3_part_size: int = option(
+        8 * 1024 * 1024,
+        parse=s3_part_size,
+        metavar="BYTES",
+        shown_default="`8388608` (8 MiB)",
+        commands=STORE,
+        help="Preferred S3 part size in bytes, from `5242880` (5 MiB) to `5368709120` (5 GiB).",
+        doc="An upload of known length gets a larger part size (in whole MiB) if it would "
+        "otherwise need more than 10,000 parts. An upload of deferred length can hold at most "
+        "10,000 parts of this size (83,886,080,000 bytes with the default).",
+    )
+    s3_max_concurrent_parts: int = option(
+        16,
+        parse=positive_int,
+        metavar="N",
+        commands=STORE,
+        help="Part and fragment uploads in flight at once in this process, at least `1`; "
+        "each one holds a part in memory.",
+    )
+
+    # the state database
+    database_url: str | None = option(
+        None,
+        parse=optional(text),
+        metavar="URL",
+        shown_default="SQLite at `<data-dir>/tusd.db`",
+        commands=COMMANDS,
+        help="State database as an SQLAlchemy URL: "
+        "`postgresql+psycopg://user:password@host:5432/db` (plain `postgresql://` is accepted) "
+        "or `sqlite:///path/to/file.db`.",
+    )
+    db_pool_size: int = option(
+        20,
+        parse=positive_int,
+        metavar="N",
+        commands=[SERVE],
+        help="PostgreSQL connections kept open per process, at least `1`.",
+        doc="Ignored for SQLite.",
+    )
+    db_max_overflow: int = option(
+        30,
+        parse=non_negative_int,
+        metavar="N",
+        commands=[SERVE],
+        help="Extra PostgreSQL connections a process may open under load (closed when "
+        "returned), at least `0`.",
+        doc="PostgreSQL's `max_connections` must exceed the number of processes "
+        "times (pool size + overflow); "
+        "see [deployment.md](deployment.md#pool-sizing).",
+    )
+    db_pool_timeout: float = option(
+        5.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="Seconds a request waits for a free database or Redis connection before it "
+        "answers `503`.",
+        doc="A Redis cache read uses the database instead.",
+    )
+
+    # several processes and hosts
+    redis_url: str | None = option(
+        None,
+        parse=optional(text),
+        metavar="URL",
+        commands=STORE,
+        help="Redis for the shared upload cache, the upload locks and the handover channel: "
+        "`redis://[:password@]host:6379/0`, or `rediss://` for TLS.",
+        doc="Needed to run several processes or hosts on one database; without it the cache "
+        "and locks live in the process. See [deployment.md](deployment.md).",
+    )
+    redis_pool_size: int = option(
+        200,
+        parse=redis_pool_size,
+        metavar="N",
+        commands=[SERVE],
+        help="Redis connections per process, at least `2`: the handover channel holds one.",
+    )
+    cache_ttl: float = option(
+        3600.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="With `--redis-url`: seconds an upload's state stays in the Redis cache after its "
+        "last write; `0` switches that cache off (every HEAD reads the database).",
+        doc="Without Redis, the in-process cache is used and this option does nothing.",
+    )
+    cache_entries: int = option(
+        100_000,
+        parse=positive_int,
+        metavar="N",
+        commands=[SERVE],
+        help="Without `--redis-url`: uploads whose state the in-process cache keeps, at least `1`.",
+        doc="When it is full, the upload used least recently is dropped; a HEAD of a dropped "
+        "upload reads the database.",
+    )
+    workers: int = option(
+        1,
+        parse=positive_int,
+        metavar="N",
+        commands=[SERVE],
+        help="Server processes on this host, at least `1`; more than `1` needs `--redis-url`.",
+        doc="Each builds its own application and pools from the same settings. Without Redis, "
+        "`serve` refuses to start with more than one.",
+    )
+    lock_acquire_timeout: float = option(
+        20.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="Seconds a request waits for an upload that another request holds and does not "
+        "let go of, before it answers `423` with `Retry-After: 2`.",
+    )
+    lock_handover_timeout: float = option(
+        3.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="With `--redis-url`: seconds a holder on another instance gets to let go before it "
+        "is asked again.",
+        doc="The waiting request looks every 10 ms during this time, every 100 ms after it.",
+    )
+
+    # gc
+    orphan_age: float = option(
+        3600.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[GC],
+        help="How old an orphan (what the store holds that no upload record needs) must be "
+        "before `gc` removes it.",
+        doc="With S3: multipart uploads under the prefix that no upload record names, the "
+        "fragments of uploads that are no longer receiving, and objects of uploads that were "
+        "terminated, expired or never recorded. See "
+        "[storage.md](storage.md#garbage-collection).",
+    )
+    max_idle: float | None = option(
+        None,
+        parse=optional(seconds),
+        metavar="SECONDS",
+        aliases=["--expiration"],
+        shown_default="none: only uploads past their deadline",
+        commands=[GC],
+        help="Also reclaim unfinished uploads idle for longer than this many seconds, whatever "
+        "deadline they were given.",
+        doc="`--expiration` is another name for it (not `serve --expiration`: this one has its "
+        "own environment variable, so a server's `TUSD_EXPIRATION` does not make `gc` reclaim "
+        "more).",
+    )
+
+    log_level: str = option(
+        "info",
+        parse=OneOf(["critical", "error", "warning", "info", "debug"]),
+        commands=COMMANDS,
+        help="How much the log says.",
+    )
 
     def __post_init__(self) -> None:
-        base = "/" + self.base_path.strip("/") + "/"
-        object.__setattr__(self, "base_path", "/" if base == "//" else base)
-        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for declared in OPTIONS:
+            value = getattr(self, declared.name)
+            try:
+                object.__setattr__(self, declared.name, declared.parse(value))
+            except ValueError as exc:
+                raise ValueError(f"{declared.name}={value!r}: {exc}") from None
         endpoint = self.s3_endpoint
         for scheme, secure in (("https://", True), ("http://", False)):
             if endpoint.startswith(scheme):
                 object.__setattr__(self, "s3_endpoint", endpoint[len(scheme) :].rstrip("/"))
                 object.__setattr__(self, "s3_secure", secure)
-        if self.storage != "file" and not self.storage.startswith("s3://"):
-            raise ValueError(f"storage must be 'file' or s3://BUCKET/PREFIX, not {self.storage!r}")
         if self.cors_allow_credentials and "*" in self.cors_origins:
             raise ValueError(
                 "--cors-allow-credentials needs an explicit --cors-origins list: with '*' any "
@@ -115,6 +647,34 @@ class Settings:
         return min(60.0, max(0.5, self.expiration / 4))
 
 
+def _options() -> tuple[Option, ...]:
+    return tuple(
+        dataclasses.replace(f.metadata["option"], name=f.name) for f in dataclasses.fields(Settings)
+    )
+
+
+#: every option, in the order of the Settings fields (the order of --help and the docs)
+OPTIONS: tuple[Option, ...] = _options()
+
+
+def options_for(command: str) -> tuple[Option, ...]:
+    return tuple(declared for declared in OPTIONS if command in declared.commands)
+
+
+def environment_values(
+    command: str, environ: Mapping[str, str], given: Collection[str] = ()
+) -> dict[str, Any]:
+    """The values of `command`'s options set by TUSD_<NAME> variables, leaving out the
+    options in `given` (the command line wins). An empty variable counts as unset; a value
+    the option refuses raises EnvironmentValueError naming the variable."""
+    values: dict[str, Any] = {}
+    for declared in options_for(command):
+        raw = environ.get(declared.env, "")
+        if declared.name not in given and raw != "":
+            values[declared.name] = declared.parse_environment(raw)
+    return values
+
+
 def normalize_database_url(url: str) -> str:
     """Accept plain postgresql:// and sqlite:// URLs; use the async drivers we ship."""
     for plain, driver in (
@@ -133,16 +693,110 @@ def sync_database_url(url: str) -> str:
     return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
 
 
+# --- settings for the worker processes of `serve --workers N` --------------------------------
+
 #: where `serve --workers N` hands its settings to the worker processes
 SETTINGS_ENVIRONMENT = "TUSD__SETTINGS_JSON"
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
 def settings_to_json(settings: Settings) -> str:
-    return json.dumps(dataclasses.asdict(settings), default=str)
+    return json.dumps({o.name: _json_value(getattr(settings, o.name)) for o in OPTIONS})
+
+
+def settings_from_json(raw: str) -> Settings:
+    """The parsers take the JSON forms (text for a path or an enum, a list for a tuple)."""
+    return Settings(**json.loads(raw))
 
 
 def settings_from_environment() -> Settings:
-    raw = json.loads(os.environ[SETTINGS_ENVIRONMENT])
-    raw["cors_origins"] = tuple(raw["cors_origins"])
-    raw["fsync"] = FsyncPolicy(raw["fsync"])
-    return Settings(**raw)
+    return settings_from_json(os.environ[SETTINGS_ENVIRONMENT])
+
+
+# --- docs/configuration.md -----------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+_SECTION = re.compile(r"(<!-- options:(\w+) -->\n)(.*?)(<!-- /options -->)", re.DOTALL)
+
+
+def _cell(markdown: str) -> str:
+    return markdown.replace("|", "\\|")
+
+
+def _options_table(options: Iterable[Option]) -> str:
+    rows = [
+        "| Option | Environment | Default | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for declared in options:
+        names = [declared.flag, *declared.aliases]
+        if declared.is_switch:
+            names = [name for flag in names for name in (flag, "--no-" + flag[2:])]
+        shown = " / ".join(f"`{name}`" for name in names)
+        meaning = declared.help
+        if declared.choices:
+            meaning += " One of " + ", ".join(f"`{c}`" for c in declared.choices) + "."
+        if declared.doc:
+            meaning += " " + declared.doc
+        cells = [shown, f"`{declared.env}`", declared.default_text, meaning]
+        rows.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def options_section(command: str) -> str:
+    """The docs' text for one command's options: serve's whole table; for the other
+    commands, a table of what only they take, then the options they share with serve."""
+    if command not in COMMANDS:
+        raise ValueError(f"no command {command!r} (the commands are {', '.join(COMMANDS)})")
+    if command == SERVE:
+        return _options_table(options_for(SERVE))
+    own = [o for o in options_for(command) if SERVE not in o.commands]
+    shared = [o for o in options_for(command) if SERVE in o.commands]
+    parts = []
+    if own:
+        parts.append(_options_table(own))
+    if shared:
+        names = ", ".join(f"`{o.flag}`" for o in shared)
+        parts.append(
+            f"`{command}` also takes {names}, with the same meaning, default and environment "
+            "variable as for `serve`.\n"
+        )
+    return "\n".join(parts)
+
+
+def render_docs(document: str) -> str:
+    """The document with every `<!-- options:COMMAND -->` section made from the options."""
+    return _SECTION.sub(lambda m: m.group(1) + options_section(m.group(2)) + m.group(4), document)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tusd_py.config --write-docs` rewrites the options tables of
+    docs/configuration.md; `--check-docs` says whether they are out of date."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args not in (["--write-docs"], ["--check-docs"]):
+        print("usage: python -m tusd_py.config --write-docs | --check-docs", file=sys.stderr)
+        return 2
+    current = DOCS.read_text(encoding="utf-8")
+    wanted = render_docs(current)
+    if args == ["--check-docs"]:
+        if wanted != current:
+            print(f"{DOCS} is out of date: run python -m tusd_py.config --write-docs")
+            return 1
+        return 0
+    if wanted != current:
+        DOCS.write_text(wanted, encoding="utf-8")
+        print(f"rewrote the options tables of {DOCS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

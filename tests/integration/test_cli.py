@@ -16,14 +16,14 @@ SERVE_OPTIONS = [
     "--host",
     "--port",
     "--base-path",
-    "--data-dir",
-    "--database-url",
+    "--behind-proxy",
+    "--cors-origins",
+    "--cors-allow-credentials",
     "--max-size",
     "--expiration",
-    "--cors-origins",
-    "--behind-proxy",
-    "--log-level",
+    "--data-dir",
     "--storage",
+    "--fsync",
     "--s3-endpoint",
     "--s3-region",
     "--s3-access-key",
@@ -32,7 +32,20 @@ SERVE_OPTIONS = [
     "--s3-create-bucket",
     "--s3-part-size",
     "--s3-max-concurrent-parts",
+    "--database-url",
+    "--db-pool-size",
+    "--db-max-overflow",
+    "--db-pool-timeout",
+    "--redis-url",
+    "--redis-pool-size",
+    "--cache-ttl",
+    "--cache-entries",
+    "--workers",
+    "--lock-acquire-timeout",
+    "--lock-handover-timeout",
+    "--log-level",
 ]
+GC_ONLY_OPTIONS = ["--orphan-age", "--max-idle"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -45,13 +58,27 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def help_text(command: str) -> str:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    return " ".join(result.stdout.split())  # argparse wraps lines
+
+
 def test_serve_help_explains_every_option() -> None:
-    result = run_cli("serve", "--help")
-    assert result.returncode == 0
+    text = help_text("serve")
     for option in SERVE_OPTIONS:
-        assert option in result.stdout
+        assert option in text
         name = option.removeprefix("--").replace("-", "_").upper()
-        assert f"TUSD_{name}" in result.stdout
+        assert f"[env TUSD_{name};" in text
+    for option in GC_ONLY_OPTIONS:
+        assert option not in text
+
+
+def test_gc_help_explains_its_own_options() -> None:
+    text = help_text("gc")
+    assert "[env TUSD_ORPHAN_AGE; default: 3600]" in text
+    assert "--max-idle SECONDS, --expiration SECONDS" in text
+    assert "[env TUSD_MAX_IDLE;" in text
 
 
 def test_serve_refuses_an_unmigrated_postgres_schema(
@@ -143,3 +170,45 @@ def test_bad_storage_settings_are_refused_with_a_sentence(
     assert result.returncode == 2, result.stderr
     assert says in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_gc_on_the_file_store_reports_reclaimed_uploads_and_orphans(tmp_path: Path) -> None:
+    result = run_cli("gc", "--data-dir", str(tmp_path), "--expiration", "60")
+    assert result.returncode == 0, result.stderr
+    assert "tusd-py: reclaimed 0 expired upload(s)." in result.stdout
+    assert "tusd-py: removed 0 orphaned object(s) from the store." in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"TUSD_MAX_SIZE": "-5"}, "tusd-py: TUSD_MAX_SIZE='-5': must not be negative"),
+        ({"TUSD_PORT": "abc"}, "tusd-py: TUSD_PORT='abc': must be a whole number"),
+        ({"TUSD_FSYNC": "sometimes"}, "tusd-py: TUSD_FSYNC='sometimes': must be one of always"),
+    ],
+)
+def test_bad_environment_values_stop_serve_before_it_starts(
+    env: dict[str, str], says: str, tmp_path: Path
+) -> None:
+    result = run_cli("serve", "--data-dir", str(tmp_path / "data"), env=env)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_serve_takes_fsync_and_cache_entries(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "data",
+        extra_args=["--fsync", "never"],
+        env={"TUSD_CACHE_ENTRIES": "1", "TUSD_MAX_SIZE": "5"},
+    )
+    server.data_dir.mkdir()
+    server.start()
+    try:
+        assert httpx.options(server.files_url).headers["Tus-Max-Size"] == "5"
+        for _ in range(2):  # the second upload pushes the first out of the cache
+            created = httpx.post(server.files_url, headers={**TUS, "Upload-Length": "3"})
+            assert created.status_code == 201
+        assert httpx.head(created.headers["Location"], headers=TUS).status_code == 200
+    finally:
+        server.stop()

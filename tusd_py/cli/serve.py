@@ -1,0 +1,65 @@
+"""tusd-py serve: run the upload server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+from ..config import SETTINGS_ENVIRONMENT, Settings, settings_to_json
+
+HELP = "run the upload server"
+DESCRIPTION = "Run the upload server."
+
+
+def run(settings: Settings) -> int:
+    import uvicorn
+
+    from tusd_storage import StorageError
+
+    from ..http.app import build_app
+    from ..http.fasthttp import protocol_import_string
+    from ..wiring import SchemaNotMigrated, build_store, prepare_database
+
+    async def preflight() -> None:
+        await prepare_database(settings)
+        store = build_store(settings)  # a wrong bucket or key is said here, not in a traceback
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(preflight())
+    except (SchemaNotMigrated, StorageError) as exc:
+        print(f"tusd-py: {exc}", file=sys.stderr)
+        return 2
+    if settings.redis_url is None and not settings.resolved_database_url.startswith("sqlite"):
+        logging.getLogger("tusd_py").warning(
+            "no --redis-url: locks live in this process, so only this one instance may use "
+            "this database; run several only with Redis"
+        )
+    common: dict[str, Any] = {
+        "http": protocol_import_string(),
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "proxy_headers": False,
+        "server_header": False,
+        # on SIGTERM, requests in flight get this long to finish (a PATCH saves what it has)
+        "timeout_graceful_shutdown": 30,
+    }
+    if settings.workers > 1:
+        # each worker process builds its own application from the same settings
+        os.environ[SETTINGS_ENVIRONMENT] = settings_to_json(settings)
+        uvicorn.run(
+            "tusd_py.http.app:app_from_environment",
+            factory=True,
+            workers=settings.workers,
+            **common,
+        )
+    else:
+        uvicorn.run(build_app(settings), **common)
+    return 0
