@@ -569,10 +569,15 @@ class Settings:
         commands=[GC],
         help="How old an orphan (what the store holds that no upload record needs) must be "
         "before `gc` removes it.",
-        doc="With S3: multipart uploads under the prefix that no upload record names, the "
-        "fragments of uploads that are no longer receiving, and objects of uploads that were "
-        "terminated, expired or never recorded. See "
-        "[storage.md](storage.md#garbage-collection).",
+        doc="With the file store: files in `<data-dir>/uploads/` whose upload the database "
+        "does not keep (never recorded because the server died between creating the file and "
+        "writing its row, or terminated or expired and not removed); names that are not "
+        "upload ids are left alone. With S3: multipart uploads under the prefix that no "
+        "upload record names, the fragments of uploads that are no longer receiving, and "
+        "objects of uploads that were terminated, expired or never recorded. See "
+        "[storage.md](storage.md#garbage-collection). Run gc against the database the server "
+        "uses, and keep this at a few seconds at least: a younger file may belong to a "
+        "creation whose row is still being written.",
     )
     max_idle: float | None = option(
         None,

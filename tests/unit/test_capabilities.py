@@ -94,9 +94,7 @@ def test_a_store_without_deferred_length_refuses_it_and_does_not_advertise_it(
 
 def test_a_store_without_range_reads_serves_whole_bodies(tmp_path: Path) -> None:
     with client_for(tmp_path, {Capability.RANGE_READS}) as client:
-        location = client.post("/files/", headers={**TUS, "Upload-Length": "6"}).headers[
-            "Location"
-        ]
+        location = client.post("/files/", headers={**TUS, "Upload-Length": "6"}).headers["Location"]
         client.patch(location, content=b"abcdef", headers={**OCTET, "Upload-Offset": "0"})
         response = client.get(location, headers={"Range": "bytes=2-3"})
         assert response.status_code == 200
