@@ -175,9 +175,7 @@ def _declared_length_on_append(upload: Upload, declared: int | None, limits: Lim
     return declared
 
 
-def _completed_length(
-    upload: Upload, end: int, declared: int | None, limits: Limits
-) -> int | None:
+def _completed_length(upload: Upload, end: int, declared: int | None, limits: Limits) -> int | None:
     """An append that completes the upload with a body of known length fixes its length."""
     known = upload.length if upload.length is not None else declared
     if known is not None and known != end:
