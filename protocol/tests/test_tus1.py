@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from _uploads import LATER, NO_LIMITS, NOW, S, upload
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,12 +40,8 @@ from tusd_protocol.rules import (
     conclude_append,
     initial_status,
 )
-from tusd_protocol.state import ConcatKind, Upload, UploadStatus
+from tusd_protocol.state import ConcatKind, Upload
 
-NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-LATER = NOW + timedelta(hours=1)
-ID = "abcdefghijklmnop0123"
-NO_LIMITS = Limits()
 OCTETS = "application/offset+octet-stream"
 RESUMABLE = {"Tus-Resumable": "1.0.0"}
 ALL_EXTENSIONS = (
@@ -57,29 +54,6 @@ ALL_EXTENSIONS = (
     "concatenation",
     "concatenation-unfinished",
 )
-S = UploadStatus
-
-
-def upload(
-    *,
-    offset: int = 0,
-    length: int | None = 100,
-    status: UploadStatus = S.RECEIVING,
-    kind: ConcatKind = ConcatKind.NONE,
-    expires_at: datetime | None = None,
-    metadata_header: str | None = None,
-    concat_header: str | None = None,
-) -> Upload:
-    return Upload(
-        ID,
-        status,
-        offset,
-        length,
-        metadata_header=metadata_header,
-        concat_kind=kind,
-        concat_header=concat_header,
-        expires_at=expires_at,
-    )
 
 
 def patch_headers(offset: int = 0, **extra: str) -> dict[str, str]:
