@@ -8,11 +8,12 @@ saves what it received and answers 204 with that offset; the newcomer proceeds.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import TUS, ServerProcess
 from tests.integration._wire import (
     OCTET,
     RawConnection,
@@ -126,6 +127,29 @@ def test_interrupted_patch_of_a_deferred_upload_keeps_what_arrived(
 
 
 # --- 22/23: a stalled PATCH is taken over ---------------------------------------------------------
+
+
+def test_a_patch_that_stops_sending_ends_after_the_idle_timeout(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """A client that stops sending (and never closes) does not hold its upload forever: the
+    request ends as a dropped one would, keeping what arrived, and frees the lock."""
+    server = server_factory(extra_args=["--body-idle-timeout", "1"])
+    data = payload(SIZE, seed=31)
+    with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as client:
+        url = create(client, SIZE)
+        connection = start_patch(server, url, 0, SIZE, data[:HALF])
+        try:
+            started = time.monotonic()
+            connection.sock.settimeout(15)
+            closed = connection.sock.recv(65536)  # no answer: the server closes the socket
+            assert closed == b"", closed
+            assert 0.5 < time.monotonic() - started < 10
+        finally:
+            connection.close()
+        assert offset_of(client, url) == HALF
+        upload_all(client, url, data, offset=HALF)
+        assert client.get(url).content == data
 
 
 def test_stalled_patch_is_taken_over_by_a_head(server: ServerProcess, client: httpx.Client) -> None:

@@ -62,6 +62,12 @@ class RecordingApp:
         with self.lock:
             self.records.append(record)
         try:
+            if scope["path"].startswith("/early"):
+                # answers without reading the body (a refusal, a 409, a handover)
+                headers = [(b"content-length", b"0")]
+                await send({"type": "http.response.start", "status": 409, "headers": headers})
+                await send({"type": "http.response.body", "body": b""})
+                return
             if self.delay:
                 await asyncio.sleep(self.delay)
                 cycle = getattr(receive, "__self__", None)
@@ -316,3 +322,91 @@ def test_waiting_bytes_stay_bounded_while_the_app_is_slow(app: RecordingApp, por
     # the socket is paused once QUEUE_LIMIT bytes wait; one more socket read may land
     assert record.queued_after_delay <= fasthttp.QUEUE_LIMIT + 256 * 1024
     assert bytes(record.body) == data
+
+
+def read_head(stream: Any) -> tuple[int, dict[str, str]]:
+    status_line = stream.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers
+
+
+def test_an_answer_before_the_body_arrived_closes_the_connection(
+    app: RecordingApp, port: int
+) -> None:
+    """Otherwise the rest of the body would be read as the next request: a client that gave
+    up sending it and asks again on the same connection would never get an answer."""
+    with connect(port) as sock:
+        sock.settimeout(5)
+        stream = sock.makefile("rb")
+        sock.sendall(request_head("/early", {"Content-Length": "100000"}) + b"x" * 10)
+        status, headers = read_head(stream)
+        assert status == 409
+        assert headers.get("connection") == "close"
+        assert stream.read() == b""  # the server closed the connection
+
+
+def test_an_answer_after_the_whole_body_keeps_the_connection(
+    app: RecordingApp, port: int
+) -> None:
+    with connect(port) as sock:
+        stream = sock.makefile("rb")
+        for _ in range(2):
+            sock.sendall(request_head("/early", {"Content-Length": "10"}) + b"x" * 10)
+            status, headers = read_head(stream)
+            assert status == 409 and "connection" not in headers
+
+
+@pytest.fixture
+def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fasthttp, "HEADER_TIMEOUT", 0.6)
+    monkeypatch.setattr(fasthttp, "BODY_IDLE_TIMEOUT", 0.6)
+
+
+def test_a_request_head_that_does_not_arrive_in_time_gets_408(
+    short_deadlines: None, app: RecordingApp
+) -> None:
+    with running_server(app) as port, connect(port) as sock:
+        sock.settimeout(10)
+        stream = sock.makefile("rb")
+        started = time.monotonic()
+        sock.sendall(b"PATCH /slow-loris HTTP/1.1\r\nHost: test\r\nUpload-Off")
+        status, headers = read_head(stream)
+        assert status == 408
+        assert headers["connection"] == "close"
+        assert stream.read().startswith(b"ERR_REQUEST_TIMEOUT:")
+        assert time.monotonic() - started < 5
+    assert app.records == []  # the application never saw it
+
+
+def test_a_silent_connection_is_closed_after_the_header_timeout(
+    short_deadlines: None, app: RecordingApp
+) -> None:
+    with running_server(app) as port, connect(port) as sock:
+        sock.settimeout(10)
+        status, _ = read_head(sock.makefile("rb"))
+        assert status == 408
+
+
+def test_a_body_that_stops_arriving_ends_with_the_bytes_that_came(
+    short_deadlines: None, app: RecordingApp
+) -> None:
+    with running_server(app) as port, connect(port) as sock:
+        sock.sendall(request_head("/stalled", {"Content-Length": "100000"}) + b"y" * 3000)
+        (record,) = app.wait_for(1, timeout=10)  # no byte more, but the socket stays open
+        assert record.disconnected and not record.complete
+        assert bytes(record.body) == b"y" * 3000
+
+
+def test_a_slow_but_steady_body_is_not_idle(short_deadlines: None, app: RecordingApp) -> None:
+    data = b"z" * 40
+    with running_server(app) as port, connect(port) as sock:
+        sock.sendall(request_head("/steady", {"Content-Length": str(len(data))}))
+        for index in range(0, len(data), 4):  # 10 pieces over ~2 s: longer than a deadline
+            sock.sendall(data[index : index + 4])
+            time.sleep(0.2)
+        status, answer = read_response(sock.makefile("rb"))
+    assert (status, answer) == (200, expected_answer(data))

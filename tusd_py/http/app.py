@@ -16,6 +16,7 @@ from tusd_storage import Store
 
 from ..config import Settings, settings_from_environment
 from ..wiring import Runtime, build_service, make_redis, make_state_engine
+from . import fasthttp
 from .cors import CORSMiddleware
 from .endpoints import TusHandlers
 
@@ -25,6 +26,7 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
 def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     """The tus server as an ASGI application; `store` replaces the one the settings name
     (a custom store, or one with fewer capabilities)."""
+    fasthttp.configure(settings.header_timeout, settings.body_idle_timeout)
     engine = make_state_engine(settings)
     redis = make_redis(settings) if settings.redis_url else None
     service = build_service(settings, engine, redis, store)

@@ -6,8 +6,19 @@ two extra copies of every byte and a pause/resume per slice. This protocol queue
 slices httptools hands us as they are (no copies), delivers one per ASGI message, and lets
 up to QUEUE_LIMIT bytes wait before it pauses reading, so memory per request stays bounded.
 
-It touches uvicorn internals (RequestResponseCycle.body/receive, _start_asgi_task), so it
-lives alone in this module; `protocol_class()` falls back to uvicorn's own protocol when
+Every wait on the client has a deadline here, because uvicorn has none for them: a request
+head that is not complete within HEADER_TIMEOUT gets 408 and the connection is closed (a
+slow-loris client holds nothing for long), and a body that stops arriving for
+BODY_IDLE_TIMEOUT (while we are ready to read it) ends as a dropped connection would: the
+application keeps what arrived and the request ends. `configure()` sets both.
+
+A response that is sent before the request's body has fully arrived (a refusal, a 409, a
+handover) closes the connection after it (`Connection: close`): the rest of that body would
+otherwise be read as the next request on the connection, and a client that stopped sending
+it would wait for an answer that never comes.
+
+It touches uvicorn internals (RequestResponseCycle.body/receive/send, _start_asgi_task), so
+it lives alone in this module; `protocol_class()` falls back to uvicorn's own protocol when
 those internals are not what we expect.
 """
 
@@ -27,8 +38,21 @@ QUEUE_LIMIT = 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 
 
+#: seconds a client may take to send a request head (request line and headers)
+HEADER_TIMEOUT = 30.0
+#: seconds a request body may stay silent while we wait for it
+BODY_IDLE_TIMEOUT = 60.0
+
+
 class HeadTooLarge(Exception):
     pass
+
+
+def configure(header_timeout: float, body_idle_timeout: float) -> None:
+    """Set the client deadlines of every connection opened from now on (0 = no deadline)."""
+    global HEADER_TIMEOUT, BODY_IDLE_TIMEOUT
+    HEADER_TIMEOUT = header_timeout
+    BODY_IDLE_TIMEOUT = body_idle_timeout
 
 
 def protocol_class() -> type[Any] | str:
@@ -48,10 +72,83 @@ def protocol_class() -> type[Any] | str:
     class QueuedBodyProtocol(HttpToolsProtocol):  # type: ignore[misc]
         head_bytes = 0
         head_too_large = False
+        #: a request head is being awaited (a new connection, or a message has begun)
+        awaiting_head = True
+        head_started = 0.0
+        last_data = 0.0
+        watchdog: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.head_started = self.last_data = self.loop.time()
+            self._arm_watchdog()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.watchdog is not None:
+                self.watchdog.cancel()
+                self.watchdog = None
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            self.last_data = self.loop.time()
+            super().data_received(data)
 
         def on_message_begin(self) -> None:
             self.head_bytes = 0
+            self.awaiting_head = True
+            self.head_started = self.loop.time()
             super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self.awaiting_head = False
+            super().on_headers_complete()
+
+        def _arm_watchdog(self) -> None:
+            timeouts = [t for t in (HEADER_TIMEOUT, BODY_IDLE_TIMEOUT) if t > 0]
+            if timeouts:
+                # look a few times per deadline: one timer per connection, not per read
+                self.watchdog = self.loop.call_later(min(timeouts) / 4, self._watch)
+
+        def _watch(self) -> None:
+            self.watchdog = None
+            if self.transport.is_closing():
+                return
+            now = self.loop.time()
+            cycle: Any = self.cycle
+            idle_head = self.awaiting_head and (cycle is None or cycle.response_complete)
+            if idle_head and HEADER_TIMEOUT > 0 and now - self.head_started > HEADER_TIMEOUT:
+                self._send_408()
+                return
+            if (
+                BODY_IDLE_TIMEOUT > 0
+                and cycle is not None
+                and not cycle.response_complete
+                and cycle.more_body
+                and not self.flow.read_paused  # we asked for a pause: silence is ours
+                and not cycle.waiting_for_100_continue  # the client waits for our word
+                and now - self.last_data > BODY_IDLE_TIMEOUT
+            ):
+                log.info(
+                    "%s: no body bytes for %.0f s; ending the request with what arrived",
+                    cycle.scope.get("path", "?"),
+                    now - self.last_data,
+                )
+                self.transport.close()  # the application sees a disconnect and keeps the bytes
+                return
+            self._arm_watchdog()
+
+        def _send_408(self) -> None:
+            body = (
+                f"ERR_REQUEST_TIMEOUT: The request head did not arrive within "
+                f"{HEADER_TIMEOUT:g} s.\n"
+            ).encode()
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\n"
+                b"content-type: text/plain; charset=utf-8\r\n"
+                b"tus-resumable: 1.0.0\r\nconnection: close\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            self.transport.close()
 
         def on_url(self, url: bytes) -> None:
             self._count_head(len(url))
@@ -85,6 +182,7 @@ def protocol_class() -> type[Any] | str:
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             _ensure_queue(cycle)
             cycle.receive = types.MethodType(_receive, cycle)
+            cycle.send = types.MethodType(_send_closing_early, cycle)
             super()._start_asgi_task(cycle, app)
 
         def on_body(self, body: bytes) -> None:
@@ -111,6 +209,14 @@ def _ensure_queue(cycle: Any) -> deque[bytes]:
             cycle.queued = len(cycle.body)
             cycle.body = bytearray()
     return chunks
+
+
+async def _send_closing_early(self: Any, message: dict[str, Any]) -> None:
+    """RequestResponseCycle.send, closing the connection after a response that comes before
+    the request body has fully arrived (the connection's byte stream is no longer in step)."""
+    if message["type"] == "http.response.start" and self.more_body:
+        self.keep_alive = False
+    await type(self).send(self, message)
 
 
 async def _receive(self: Any) -> dict[str, Any]:
