@@ -543,6 +543,29 @@ class Settings:
         doc="Each builds its own application and pools from the same settings. Without Redis, "
         "`serve` refuses to start with more than one.",
     )
+    header_timeout: float = option(
+        30.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="Seconds a client may take to send a request's line and headers; then it gets "
+        "`408` and the connection is closed. `0` means no deadline.",
+        doc="Protects against clients that open connections and trickle headers (slow loris). "
+        "A new connection that sends nothing gets the same deadline.",
+    )
+    body_idle_timeout: float = option(
+        60.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="Seconds a request body may stay silent while the server waits for it; then the "
+        "request ends as if the connection had dropped: the bytes that arrived are kept (a "
+        "resume continues from them) and the connection is closed. `0` means no deadline.",
+        doc="A client that stops sending would otherwise hold its upload's lock, and with S3 "
+        "a part buffer, until the operating system notices the dead connection (hours). The "
+        "clock runs only while the server is ready to read: time the server itself spends "
+        "(a paused socket, a lock wait, `Expect: 100-continue`) does not count.",
+    )
     lock_acquire_timeout: float = option(
         20.0,
         parse=seconds,
