@@ -52,6 +52,11 @@ RULES = [
         ("tusd_py.client", "tusd_protocol", "httpx"),
         "the client can become its own distribution",
     ),
+    Rule(
+        "tusd_py.loadgen",
+        ("tusd_py.loadgen",),
+        "the load generator runs where the server's backends are not installed",
+    ),
 ]
 #: homes that implement ports: they may use drivers, but never the layers on top
 IMPLEMENTATIONS = ("tusd_py.state", "tusd_py.events", "tusd_py.metrics", "tusd_py.admission")
@@ -150,6 +155,8 @@ def test_the_service_depends_on_ports_not_on_the_sql_repository() -> None:
         ("tusd_storage.file", "from tusd_py.config import Settings", "tusd_py.config"),
         ("tusd_py.state.sql", "from ..http.app import build_app", "tusd_py.http.app"),
         ("tusd_py.client", "import sqlalchemy", "sqlalchemy"),
+        ("tusd_py.loadgen.http", "import httpx", "httpx"),
+        ("tusd_py.loadgen.workload", "from ..config import Settings", "tusd_py.config"),
     ],
 )
 def test_the_checker_finds_each_kind_of_violation(module: str, source: str, expected: str) -> None:

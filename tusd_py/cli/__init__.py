@@ -1,7 +1,9 @@
-"""The tusd-py command: serve, migrate, gc (one module each).
+"""The tusd-py command: serve, migrate, gc (one module each), and bench.
 
-Every option comes from its declaration in tusd_py.config: the command line takes it as
---<name>, the environment as TUSD_<NAME>, and the command line wins.
+Every option of serve, migrate and gc comes from its declaration in tusd_py.config: the
+command line takes it as --<name>, the environment as TUSD_<NAME>, and the command line
+wins. bench is a client (a load generator), not the server: its options are its own
+(tusd_py/cli/bench.py) and it never builds Settings.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from ..config import GC, MIGRATE, SERVE, Option, Settings, environment_values, options_for
-from . import gc, migrate, serve
+from . import bench, gc, migrate, serve
 
 #: each command's module has HELP, DESCRIPTION and run(settings) -> exit status
 COMMANDS: dict[str, ModuleType] = {SERVE: serve, MIGRATE: migrate, GC: gc}
@@ -76,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         for declared in options_for(name):
             _add_option(command, declared)
+    # listed in --help; main() hands its arguments to bench.main before Settings are built
+    bench.add_arguments(
+        commands.add_parser(bench.NAME, help=bench.HELP, description=bench.DESCRIPTION)
+    )
     return parser
 
 
@@ -95,6 +101,9 @@ def parse(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == [bench.NAME]:
+        return bench.main(arguments[1:])
     try:
         command, settings = parse(argv)
     except ValueError as exc:
