@@ -566,6 +566,15 @@ class Settings:
         "clock runs only while the server is ready to read: time the server itself spends "
         "(a paused socket, a lock wait, `Expect: 100-continue`) does not count.",
     )
+    shutdown_timeout: float = option(
+        10.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="On SIGTERM or SIGINT: seconds requests in flight get to finish. Uploads in flight "
+        "stop reading at once, save what they received and answer with their offset; new "
+        "writes get `503` and `/ready` answers `503`. Then the process exits with `0`.",
+    )
     lock_acquire_timeout: float = option(
         20.0,
         parse=seconds,

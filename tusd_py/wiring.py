@@ -71,6 +71,8 @@ class Runtime:
         self.redis = redis
         self.maintenance = Maintenance(service)
         self.started = False
+        #: shutting down: uploads in flight save and answer, new writes are refused
+        self.draining = False
         self._starting = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -88,8 +90,19 @@ class Runtime:
                 )
             self.started = True
 
+    def begin_drain(self) -> None:
+        """Shutdown has begun: report not ready, and let every upload in flight stop
+        reading, save what it received and answer (new writes are refused meanwhile)."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("shutting down: uploads in flight save what they received and answer")
+        self.service.locks.stop_all()
+
     async def readiness(self) -> str | None:
         """None when the backing services answer, else what does not."""
+        if self.draining:
+            return "shutting down"
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))

@@ -61,6 +61,7 @@ SAMPLES: dict[str, tuple[str, Any, list[str]]] = {
     "workers": ("3", 3, ["--redis-url", "redis://cache:6379/0"]),
     "header_timeout": ("12", 12.0, []),
     "body_idle_timeout": ("7.5", 7.5, []),
+    "shutdown_timeout": ("3", 3.0, []),
     "lock_acquire_timeout": ("1.5", 1.5, []),
     "lock_handover_timeout": ("0.25", 0.25, []),
     "orphan_age": ("0", 0.0, []),

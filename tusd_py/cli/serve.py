@@ -21,6 +21,7 @@ def run(settings: Settings) -> int:
 
     from ..http.app import build_app
     from ..http.fasthttp import protocol_import_string
+    from ..http.shutdown import exit_quietly
     from ..wiring import SchemaNotMigrated, build_store, prepare_database
 
     async def preflight() -> None:
@@ -48,9 +49,10 @@ def run(settings: Settings) -> int:
         "log_level": settings.log_level,
         "proxy_headers": False,
         "server_header": False,
-        # on SIGTERM, requests in flight get this long to finish (a PATCH saves what it has)
-        "timeout_graceful_shutdown": 30,
+        # on SIGTERM, uploads in flight save what they have and answer within this time
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
     }
+    exit_quietly()
     if settings.workers > 1:
         # each worker process builds its own application from the same settings
         os.environ[SETTINGS_ENVIRONMENT] = settings_to_json(settings)

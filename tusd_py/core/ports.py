@@ -158,6 +158,10 @@ class UploadLocks(Protocol):
         self, upload_id: str, *, wait: bool = True
     ) -> contextlib.AbstractAsyncContextManager[Holding]: ...
 
+    def stop_all(self) -> None:
+        """Shutdown: ask every holder of this process to let go now, and every later one
+        as soon as it holds."""
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...

@@ -19,6 +19,7 @@ from ..wiring import Runtime, build_service, make_redis, make_state_engine
 from . import fasthttp
 from .cors import CORSMiddleware
 from .endpoints import TusHandlers
+from .shutdown import exit_quietly, on_exit_signal
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
 
@@ -31,14 +32,17 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     redis = make_redis(settings) if settings.redis_url else None
     service = build_service(settings, engine, redis, store)
     runtime = Runtime(settings, engine, service, redis)
-    handlers = TusHandlers(service, settings, runtime.start)
+    handlers = TusHandlers(service, settings, runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
+        restore_signals = on_exit_signal(runtime.begin_drain)
         try:
             yield
         finally:
+            runtime.begin_drain()  # a lifespan shutdown without a signal drains too
+            restore_signals()
             await runtime.stop()
 
     async def health(request: Request) -> Response:
@@ -80,6 +84,7 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
 def app_from_environment() -> Starlette:
     """The application of one worker process of `serve --workers N`."""
     settings = settings_from_environment()
+    exit_quietly()  # a worker process ends with 0 after its graceful shutdown
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

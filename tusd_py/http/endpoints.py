@@ -33,21 +33,20 @@ from tusd_storage import StorageError
 from ..config import Settings
 from ..core.ports import BackendUnavailable
 from ..core.service import UploadService
+from ..wiring import Runtime
 from .proxy import own_hosts, public_origin
 
 log = logging.getLogger("tusd_py.handlers")
 
+#: methods that change uploads: refused while the server shuts down
+WRITES = frozenset({"POST", "PATCH", "DELETE"})
+
 
 class TusHandlers:
-    def __init__(
-        self,
-        service: UploadService,
-        settings: Settings,
-        ensure_started: Callable[[], Awaitable[None]],
-    ) -> None:
+    def __init__(self, service: UploadService, settings: Settings, runtime: Runtime) -> None:
         self.service = service
         self.settings = settings
-        self.ensure_started = ensure_started
+        self.runtime = runtime
         self.started = False
         self.checksum_algorithms = tuple(ALGORITHMS)
 
@@ -96,11 +95,16 @@ class TusHandlers:
         method = request.method
         try:
             if not self.started:
-                await self.ensure_started()
+                await self.runtime.start()
                 self.started = True
             headers = collect_headers(request.headers.raw)
             method = tus1.effective_method(request.method, headers)
             tus1.check_version(method, headers)
+            if self.runtime.draining and method in WRITES:
+                raise ServiceUnavailable(
+                    "This server is shutting down; retry, and another will take the upload.",
+                    headers={"Retry-After": "1"},
+                )
             return await handler(request, headers, method)
         except ProtocolError as exc:
             return error_response(exc, request, method)

@@ -33,6 +33,8 @@ class LocalLocks:
     def __init__(self, acquire_timeout: float = 20.0) -> None:
         self.acquire_timeout = acquire_timeout
         self._entries: dict[str, _Entry] = {}
+        #: shutting down: every holder, present and future, is asked to let go at once
+        self.stopping = False
 
     def is_held(self, upload_id: str) -> bool:
         entry = self._entries.get(upload_id)
@@ -44,6 +46,14 @@ class LocalLocks:
 
     async def start(self) -> None:
         pass
+
+    def stop_all(self) -> None:
+        """Shutdown: every request holding an upload stops reading, saves what it received
+        and answers; requests that take an upload from now on do so at once."""
+        self.stopping = True
+        for entry in self._entries.values():
+            if entry.holder is not None:
+                entry.holder.request_stop()
 
     async def stop(self) -> None:
         pass
@@ -74,6 +84,8 @@ class LocalLocks:
             entry.waiters -= 1
         holding = Holding(upload_id)
         entry.holder = holding
+        if self.stopping:
+            holding.request_stop()
         try:
             yield holding
         finally:

@@ -93,6 +93,9 @@ class RedisLocks:
         except RedisError as exc:
             raise BackendUnavailable(f"the lock service cannot be asked: {exc}") from exc
 
+    def stop_all(self) -> None:
+        self.local.stop_all()  # every holding of this process is made by self.local
+
     # --- handover requests from other instances ---------------------------------------
 
     async def start(self) -> None:
