@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tusd_protocol.checksums import Hasher
 from tusd_storage import Appender, Stored
 
-from .ports import Holding, Receive
+from .ports import NULL_METER, Holding, Meter, Receive
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,7 @@ async def pump_body(
     max_bytes: int | None,
     hasher: Hasher | None,
     holding: Holding,
+    meter: Meter = NULL_METER,
 ) -> BodyResult:
     received = 0
     loop = asyncio.get_running_loop()
@@ -89,5 +90,6 @@ async def pump_body(
                 hasher.update(chunk)
             await appender.write(chunk)
             received += len(chunk)
+            meter.bytes_received(len(chunk))
         if not message.get("more_body", False):
             return BodyResult(received, complete=True)

@@ -44,6 +44,7 @@ class Maintenance:
             except UploadLocked:
                 continue  # taken meanwhile (another instance's sweeper, a request)
         if reclaimed:
+            self.service.meter.uploads_expired(reclaimed)
             log.info("reclaimed %d expired uploads", reclaimed)
         return reclaimed
 

@@ -1,8 +1,8 @@
 """The ports of the core: what the upload service needs from the world, as Protocols.
 
 The service is written against these and nothing else; `state/` implements them (SQL
-repository, in-process and Redis caches, local and Redis locks), `wiring.py` plugs the
-implementations in. Tests can pass any object of the right shape.
+repository, in-process and Redis caches, local and Redis locks), `metrics/` the Meter,
+`wiring.py` plugs the implementations in. Tests can pass any object of the right shape.
 
 `Holding` and `Receive` live here too: they are the shapes the service and the body pump
 share with the lock managers and the HTTP server, not a backend of their own.
@@ -165,3 +165,84 @@ class UploadLocks(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+# --- figures for monitoring -------------------------------------------------------------
+
+
+class Meter(Protocol):
+    """What the core reports as it happens, for monitoring (metrics/ exposes it).
+
+    Plain synchronous calls, cheap enough for the hot path: they never await, never raise
+    and never allocate much; the core imports no metrics library. Lock waits and storage
+    calls are timed by thin wrappers (metrics/instrumented.py) that call this too, so the
+    core's own code carries only the events it alone can see.
+    """
+
+    def upload_created(self) -> None: ...
+
+    def upload_finished(self) -> None: ...
+
+    def upload_terminated(self) -> None: ...
+
+    def uploads_expired(self, count: int) -> None: ...
+
+    def bytes_received(self, count: int) -> None:
+        """Body bytes handed to the store (counted as they arrive, not when committed)."""
+
+    def receiving_started(self) -> None:
+        """A request begins carrying upload bytes (the uploads-in-progress gauge)."""
+
+    def receiving_ended(self) -> None: ...
+
+    def lock_waited(self, seconds: float, outcome: str) -> None:
+        """How long taking an upload's lock took; outcome: acquired, timeout, busy, error."""
+
+    def lock_handover(self) -> None:
+        """A holder was asked to let its upload go (a newcomer wants it, or its lease was
+        lost)."""
+
+    def storage_call(self, operation: str, seconds: float, ok: bool) -> None: ...
+
+    def admission_refused(self, reason: str) -> None:
+        """A request was refused before its body was read (503/429/507)."""
+
+
+class NullMeter:
+    """A Meter that keeps nothing: the default, and for tests."""
+
+    def upload_created(self) -> None:
+        pass
+
+    def upload_finished(self) -> None:
+        pass
+
+    def upload_terminated(self) -> None:
+        pass
+
+    def uploads_expired(self, count: int) -> None:
+        pass
+
+    def bytes_received(self, count: int) -> None:
+        pass
+
+    def receiving_started(self) -> None:
+        pass
+
+    def receiving_ended(self) -> None:
+        pass
+
+    def lock_waited(self, seconds: float, outcome: str) -> None:
+        pass
+
+    def lock_handover(self) -> None:
+        pass
+
+    def storage_call(self, operation: str, seconds: float, ok: bool) -> None:
+        pass
+
+    def admission_refused(self, reason: str) -> None:
+        pass
+
+
+NULL_METER: Meter = NullMeter()

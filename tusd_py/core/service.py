@@ -30,7 +30,16 @@ from tusd_protocol.state import ConcatKind, Upload, UploadStatus
 from tusd_storage import EMPTY_LAYOUT, Layout, Source, Store, Stored
 
 from .body import NO_BYTES, pump_body
-from .ports import BackendUnavailable, Holding, Receive, Repository, UploadCache, UploadLocks
+from .ports import (
+    NULL_METER,
+    BackendUnavailable,
+    Holding,
+    Meter,
+    Receive,
+    Repository,
+    UploadCache,
+    UploadLocks,
+)
 
 log = logging.getLogger("tusd_py.service")
 
@@ -57,6 +66,7 @@ class UploadService:
         cache: UploadCache,
         locks: UploadLocks,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        meter: Meter = NULL_METER,
     ) -> None:
         self.store = store
         self.repository = repository
@@ -64,6 +74,7 @@ class UploadService:
         self.cache = cache
         self.locks = locks
         self.clock = clock
+        self.meter = meter
 
     # --- reading -----------------------------------------------------------------------
 
@@ -181,6 +192,7 @@ class UploadService:
                 raise
             await self.cache.put(upload)
             if status is UploadStatus.FINISHED:
+                self.meter.upload_finished()
                 await self.assemble(upload)
             if plan.concat_kind is ConcatKind.FINAL and rules.final_ready(partials):
                 upload = await self._assemble_if_ready(upload)
@@ -191,6 +203,7 @@ class UploadService:
                     # bad input changes nothing: the upload it would have created goes too
                     await self._discard(upload)
                     raise
+        self.meter.upload_created()
         return upload
 
     async def _discard(self, upload: Upload) -> None:
@@ -221,8 +234,9 @@ class UploadService:
             else NO_BYTES
         )
         hasher = new_hasher(plan.checksum.algorithm) if plan.checksum else None
+        self.meter.receiving_started()
         try:
-            body = await pump_body(receive, appender, plan.max_bytes, hasher, holding)
+            body = await pump_body(receive, appender, plan.max_bytes, hasher, holding, self.meter)
             if body.overrun:
                 await appender.abort()
                 raise rules.body_overrun(plan, upload.length, self.limits)
@@ -230,6 +244,8 @@ class UploadService:
         except BaseException:
             await appender.abort()
             raise
+        finally:
+            self.meter.receiving_ended()
         outcome = rules.conclude_append(
             upload, plan, stored.size, body.complete, hasher.digest() if hasher else None
         )
@@ -260,6 +276,7 @@ class UploadService:
         if stored is not None:
             await self.store.discard(stored.obsolete)
         if new.status is UploadStatus.FINISHED:
+            self.meter.upload_finished()
             # committed first, assembled second: a failed assembly is retried (GET, sweeper)
             # from the recorded parts, and no acknowledged byte depends on it
             await self.assemble(new)
@@ -324,6 +341,7 @@ class UploadService:
             await self.cache.forget(final.id)
             raise ServerFault("The final upload changed while it was being assembled.")
         await self.cache.put(new)
+        self.meter.upload_finished()
         return new
 
     # --- ending ------------------------------------------------------------------------
@@ -340,5 +358,6 @@ class UploadService:
                 await self.cache.forget(upload_id)
                 raise ServerFault("The upload changed while it was being terminated.")
             await self.cache.put(new)
+            self.meter.upload_terminated()
             await self.store.delete(upload_id, layout)
             await self.forget_layout(upload_id, layout)

@@ -34,6 +34,7 @@ from ..config import Settings
 from ..core.ports import BackendUnavailable
 from ..core.service import UploadService
 from ..wiring import Runtime
+from .metrics import ERROR_CODE
 from .proxy import own_hosts, public_origin
 
 log = logging.getLogger("tusd_py.handlers")
@@ -195,6 +196,7 @@ class TusHandlers:
 
 def error_response(exc: ProtocolError, request: Request, method: str) -> Response:
     """PROTOCOL 25: a stable code and a sentence, as text or (when asked) JSON."""
+    request.scope[ERROR_CODE] = exc.code  # for tusd_errors_total{code}
     headers = tus1.error_headers(exc)
     if exc.status >= 500:
         headers.setdefault("Retry-After", "1")
