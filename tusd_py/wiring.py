@@ -21,8 +21,9 @@ from tusd_storage import Capability, FileStore, Store
 
 from .config import Settings
 from .core.maintenance import Maintenance
-from .core.ports import UploadCache, UploadLocks
+from .core.ports import NULL_METER, Meter, UploadCache, UploadLocks
 from .core.service import UploadService
+from .metrics.instrumented import MeteredLocks, MeteredStore
 from .state import migrations
 from .state.local_locks import LocalLocks
 from .state.memory_cache import StateCache
@@ -169,7 +170,9 @@ def build_service(
     engine: AsyncEngine,
     redis: Redis | None = None,
     store: Store | None = None,
+    meter: Meter = NULL_METER,
 ) -> UploadService:
+    """With a meter, the store's calls and the lock waits are timed too (metrics/)."""
     store = store or build_store(settings)
     limits = settings.limits
     if store.max_upload_size is not None and (
@@ -185,7 +188,10 @@ def build_service(
     else:
         cache = StateCache(settings.cache_entries)
         locks = LocalLocks(settings.lock_acquire_timeout)
-    return UploadService(store, Repository(engine), limits, cache, locks)
+    if meter is not NULL_METER:
+        store = MeteredStore(store, meter)
+        locks = MeteredLocks(locks, meter)
+    return UploadService(store, Repository(engine), limits, cache, locks, meter=meter)
 
 
 def make_redis(settings: Settings) -> Redis:

@@ -54,14 +54,21 @@ def run(settings: Settings) -> int:
     }
     exit_quietly()
     if settings.workers > 1:
+        from ..metrics.prometheus import prepare_multiprocess_dir
+
         # each worker process builds its own application from the same settings
         os.environ[SETTINGS_ENVIRONMENT] = settings_to_json(settings)
-        uvicorn.run(
-            "tusd_py.http.app:app_from_environment",
-            factory=True,
-            workers=settings.workers,
-            **common,
-        )
+        # and keeps its figures where the worker that answers GET /metrics adds them up
+        forget_metrics = prepare_multiprocess_dir()
+        try:
+            uvicorn.run(
+                "tusd_py.http.app:app_from_environment",
+                factory=True,
+                workers=settings.workers,
+                **common,
+            )
+        finally:
+            forget_metrics()
     else:
         uvicorn.run(build_app(settings), **common)
     return 0

@@ -15,10 +15,12 @@ from starlette.routing import Route
 from tusd_storage import Store
 
 from ..config import Settings, settings_from_environment
+from ..metrics.prometheus import PrometheusMeter
 from ..wiring import Runtime, build_service, make_redis, make_state_engine
 from . import fasthttp
 from .cors import CORSMiddleware
 from .endpoints import TusHandlers
+from .metrics import RequestMetrics, metrics_endpoint
 from .shutdown import exit_quietly, on_exit_signal
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
@@ -30,13 +32,17 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     fasthttp.configure(settings.header_timeout, settings.body_idle_timeout)
     engine = make_state_engine(settings)
     redis = make_redis(settings) if settings.redis_url else None
-    service = build_service(settings, engine, redis, store)
+    meter = PrometheusMeter()  # a registry of its own: several apps may share a process
+    service = build_service(settings, engine, redis, store, meter)
+    meter.watch_cache(service.cache)
+    meter.watch_database(engine)
     runtime = Runtime(settings, engine, service, redis)
     handlers = TusHandlers(service, settings, runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
+        await meter.start()
         restore_signals = on_exit_signal(runtime.begin_drain)
         try:
             yield
@@ -44,6 +50,7 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
             runtime.begin_drain()  # a lifespan shutdown without a signal drains too
             restore_signals()
             await runtime.stop()
+            await meter.stop()
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -59,6 +66,7 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET", "HEAD"]),
         Route("/ready", ready, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics_endpoint(meter), methods=["GET"]),
         Route(base, handlers.collection, methods=ALL_METHODS),
         Route(base + "{upload_id}", handlers.upload, methods=ALL_METHODS),
         Route(base + "{rest:path}", handlers.not_found, methods=ALL_METHODS),
@@ -68,6 +76,7 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(RequestMetrics, meter=meter),  # outermost: every answer is counted
             Middleware(
                 CORSMiddleware,
                 origins=settings.cors_origins,
@@ -78,6 +87,7 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     )
     app.router.redirect_slashes = False
     app.state.runtime = runtime
+    app.state.meter = meter
     return app
 
 
