@@ -418,3 +418,44 @@ def test_the_bench_command_imports_no_server_backend() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def test_the_report_gives_rates_counts_and_the_generators_saturation() -> None:
+    from tusd_py.loadgen import RunResult, TreeUsage, format_text, summarize
+
+    rec = Recorder()
+    rec.uploads_started, rec.uploads_ok, rec.uploads_failed = 10, 9, 1
+    rec.bytes_acknowledged = 9 * 4_000_000
+    for kind, count in (("POST", 10), ("PATCH", 9)):
+        rec.sent[kind] += count
+        for i in range(count):
+            rec.answer(kind, (i + 1) / 100)
+    rec.error("POST", "503")
+    rec.sent["PATCH"] += 1
+    rec.unanswered["PATCH"] += 1
+    workload = Workload("http://127.0.0.1:1/files/", uploads=10, size=4_000_000, processes=2)
+    result = RunResult(
+        workload,
+        rec,
+        wall_seconds=2.0,
+        workers=[(1.9, 2.0), (0.5, 2.0)],
+        server=TreeUsage(pid=42, processes=3, peak_rss_bytes=100 << 20, cpu_seconds=3.0, samples=9),
+    )
+
+    summary = summarize(result)
+
+    assert summary["uploads_per_s"] == 4.5 and summary["mb_per_s"] == 18.0
+    assert summary["errors"] == {"503": 1} and summary["unanswered"] == 1
+    assert set(summary["requests"]) == {"POST", "PATCH"}  # no HEAD without --verify
+    assert summary["requests"]["POST"]["p50_ms"] == 50.0
+    assert summary["requests"]["PATCH"]["unanswered"] == 1
+    assert summary["server"]["peak_rss_mib"] == 100.0 and summary["server"]["cpu_per_wall"] == 1.5
+    assert summary["generator"]["cpu_share"] == 0.6
+    assert summary["generator"]["saturated"]  # one process used 0.95 of a CPU
+    text = format_text(summary)
+    assert "9 of 10 uploads ok in 2.00 s: 4.5 uploads/s" in text
+    assert "errors: 1 (POST 503 x1)" in text and "unanswered: 1" in text
+    assert "SATURATED" in text and "peak RSS 100.0 MiB" in text

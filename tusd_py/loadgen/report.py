@@ -76,10 +76,14 @@ def _cell(value: float | None) -> str:
 
 def format_text(summary: dict[str, Any]) -> str:
     w = summary["workload"]
-    amount = f"{w['uploads']} uploads" if w["uploads"] is not None else f"{w['duration']:g} s"
+    amount = (
+        f"{w['uploads']} uploads"
+        if w["uploads"] is not None
+        else f"uploads for {w['duration']:g} s"
+    )
     lines = [
         f"tusd-py bench {summary['endpoint']}",
-        f"  {amount} of {format_size(w['size'])} in {format_size(w['chunk'])} PATCHes, "
+        f"  {amount}, {format_size(w['size'])} each in {format_size(w['chunk'])} PATCHes, "
         f"{w['concurrency']} concurrent, {summary['generator']['processes']} process(es)"
         + (", HEAD check" if w["verify"] else ""),
     ]
