@@ -457,6 +457,30 @@ class Settings:
         help="Part and fragment uploads in flight at once in this process, at least `1`; "
         "each one holds a part in memory.",
     )
+    max_buffer_memory: int = option(
+        512 * 1024 * 1024,
+        parse=whole_number(5 * 1024 * 1024),
+        metavar="BYTES",
+        shown_default="`536870912` (512 MiB)",
+        commands=STORE,
+        help="Bytes of S3 part and fragment buffers in this process, all requests together, "
+        "at least `--s3-part-size`; a request that finds them taken waits for one, its "
+        "socket paused, up to `--buffer-wait-timeout`.",
+        doc="Each request's buffer is sized to what its part can still receive: at most "
+        "`--s3-part-size`, less when the upload's remaining length is smaller. With the "
+        "defaults, 64 requests with 8 MiB parts, or 256 uploads of 2 MiB, fill parts at once: "
+        "more than the 16 part uploads `--s3-max-concurrent-parts` sends at a time. "
+        "See the memory section of [storage.md](storage.md#memory).",
+    )
+    buffer_wait_timeout: float = option(
+        30.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=STORE,
+        help="Seconds a request waits for an S3 part buffer (see `--max-buffer-memory`) before "
+        "it answers `503` with `Retry-After: 5`; `0` answers at once.",
+        doc="The upload's offset does not move: the client resumes from it later.",
+    )
 
     # the state database
     database_url: str | None = option(
@@ -653,6 +677,11 @@ class Settings:
             raise ValueError(
                 f"--workers {self.workers} needs --redis-url: several processes must share "
                 "one lock per upload, and only Redis gives them one"
+            )
+        if self.max_buffer_memory < self.s3_part_size:
+            raise ValueError(
+                f"--max-buffer-memory {self.max_buffer_memory} must hold at least one part "
+                f"(--s3-part-size {self.s3_part_size})"
             )
 
     @property

@@ -145,6 +145,8 @@ def build_store(settings: Settings) -> Store:
             create_bucket=settings.s3_create_bucket,
             part_size=settings.s3_part_size,
             max_concurrent_parts=settings.s3_max_concurrent_parts,
+            max_buffer_memory=settings.max_buffer_memory,
+            buffer_wait_timeout=settings.buffer_wait_timeout,
         )
     )
 

@@ -11,7 +11,9 @@
 - Bytes that do not fill a part when a request ends are put as a fragment object under
   `<prefix>.fragments/<upload id>/`, recorded likewise, and folded into the next part.
   Nothing lives only in one server's memory or on its disk between requests.
-- Memory: a request holds at most one part being filled plus one being sent; part uploads
+- Memory: every part and fragment buffer comes from one budget per store
+  (`max_buffer_memory`, see buffers.py); a request holds at most one part being filled and
+  PARTS_IN_FLIGHT being sent, each sized to what the upload can still receive; part uploads
   are limited per process (`max_concurrent_parts`), whatever the upload size.
 
 minio is synchronous: every S3 call runs in this store's own thread pool.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -28,7 +31,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -51,6 +54,7 @@ from .base import (
     Store,
     Stored,
 )
+from .buffers import DEFAULT_WAIT_TIMEOUT, Buffer, BufferPool
 
 log = logging.getLogger("tusd_storage.s3")
 
@@ -61,6 +65,8 @@ MAX_PART_SIZE = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MiB
 DEFAULT_PART_SIZE = 8 * MiB
+#: the bytes of all part and fragment buffers of one store (one process) together
+DEFAULT_BUFFER_MEMORY = 512 * MiB
 #: fragments an upload may collect before the next one is merged with them into one
 MAX_FRAGMENTS = 8
 #: parts one request may have in flight at once (the gateway's round trip per part is
@@ -103,8 +109,12 @@ class S3Config:
     secure: bool = True
     create_bucket: bool = False
     part_size: int = DEFAULT_PART_SIZE
-    #: part uploads in flight at once in this process; bounds memory (each holds a part)
+    #: part uploads in flight at once in this process
     max_concurrent_parts: int = 16
+    #: bytes of all the part and fragment buffers of this store together (see buffers.py)
+    max_buffer_memory: int = DEFAULT_BUFFER_MEMORY
+    #: seconds a request waits for a buffer before it answers 503
+    buffer_wait_timeout: float = DEFAULT_WAIT_TIMEOUT
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -115,6 +125,13 @@ class S3Config:
             )
         if self.max_concurrent_parts < 1:
             raise ValueError("at least one part upload must be allowed at a time")
+        if self.max_buffer_memory < self.part_size:
+            raise ValueError(
+                f"the buffer memory ({self.max_buffer_memory} bytes) must hold at least one "
+                f"part ({self.part_size} bytes)"
+            )
+        if self.buffer_wait_timeout < 0:
+            raise ValueError("the buffer wait timeout must not be negative")
         prefix = self.prefix.lstrip("/")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
@@ -155,7 +172,8 @@ class S3Store(Store):
             ),
         )
         self._part_slots = asyncio.Semaphore(config.max_concurrent_parts)
-        self.buffers = PartBuffers(keep=PARTS_IN_FLIGHT + 1)
+        #: every part and fragment buffer of this store comes from here
+        self.buffers = BufferPool(config.max_buffer_memory, config.buffer_wait_timeout)
         #: whether the endpoint verifies x-amz-checksum-sha256 (found out by open())
         self.verifies_sha256 = False
 
@@ -166,8 +184,46 @@ class S3Store(Store):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(function, *args))
-        except (S3Error, s3api.CompleteFailed, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise StorageError(f"S3 {getattr(function, '__name__', 'call')}: {exc}") from exc
+        except S3_FAILURES as exc:
+            raise _storage_error(function, exc) from exc
+
+    def start(
+        self, done: Callable[[], None], function: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        """Start a blocking S3 call that works on a buffer; `done` runs on the event loop
+        once the worker thread has finished with it (also when the caller stopped waiting:
+        the thread goes on), then the returned future gets the outcome, S3 failures as
+        StorageError. Await it through asyncio.shield: the outcome is not the caller's to
+        cancel."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[T] = loop.create_future()
+
+        def settle(finished: concurrent.futures.Future[T]) -> None:
+            try:
+                done()
+            finally:
+                if finished.cancelled():
+                    outcome.set_exception(StorageError("the S3 store was closed"))
+                elif (exc := finished.exception()) is not None:
+                    if isinstance(exc, S3_FAILURES):
+                        error = _storage_error(function, exc)
+                        error.__cause__ = exc
+                        exc = error
+                    outcome.set_exception(exc)
+                else:
+                    outcome.set_result(finished.result())
+
+        def threadside(finished: concurrent.futures.Future[T]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, finished)
+
+        try:
+            future = self._pool.submit(function, *args)
+        except RuntimeError as exc:  # the pool is shut down
+            done()
+            raise StorageError("the S3 store was closed") from exc
+        future.add_done_callback(threadside)
+        return outcome
 
     def key(self, upload_id: str) -> str:
         if not upload_id or "/" in upload_id:
@@ -309,22 +365,25 @@ class S3Store(Store):
                 spans.append((source.layout.key or self.key(source.upload_id), 0, source.length))
 
         async def one_part(number: int, pieces: list[tuple[str, int, int]]) -> Part:
+            if len(pieces) > 1:  # the part spans sources: streamed through a buffer
+                size = sum(end - first for _, first, end in pieces)
+                return await self.send_from_buffer(
+                    size, self._stream_part, key, layout.handle, number, pieces
+                )
+            source_key, first, end = pieces[0]
             async with self._part_slots:
-                if len(pieces) == 1:
-                    source_key, first, end = pieces[0]
-                    etag, sha256 = await self.run(
-                        s3api.upload_part_copy,
-                        self.client,
-                        self.bucket,
-                        key,
-                        layout.handle,
-                        number,
-                        source_key,
-                        first,
-                        end - 1,
-                    )
-                    return Part(number, end - first, etag, "", sha256)
-                return await self.run(self._stream_part, key, layout.handle, number, pieces)
+                etag, sha256 = await self.run(
+                    s3api.upload_part_copy,
+                    self.client,
+                    self.bucket,
+                    key,
+                    layout.handle,
+                    number,
+                    source_key,
+                    first,
+                    end - 1,
+                )
+            return Part(number, end - first, etag, "", sha256)
 
         jobs = []
         for number, pieces in enumerate(_cut(spans, part_size), start=1):
@@ -333,15 +392,45 @@ class S3Store(Store):
         await self._complete(key, layout.handle, parts, total)
         return replace(layout, handle=None, part_size=part_size, fragments=())
 
+    async def send_from_buffer(self, size: int, function: Callable[..., T], *args: Any) -> T:
+        """function(*args, buffer) in a worker thread with a buffer of `size` bytes and a
+        part slot: the buffer first (the caller holds none), then the slot; both go back
+        when the thread is done."""
+        buffer = await self.buffers.take(size)
+        try:
+            await self._part_slots.acquire()
+        except BaseException:
+            self.buffers.give(buffer)
+            raise
+
+        def done() -> None:
+            self._part_slots.release()
+            self.buffers.give(buffer)
+
+        return await asyncio.shield(self.start(done, function, *args, buffer))
+
     def _stream_part(
-        self, key: str, handle: str, number: int, pieces: list[tuple[str, int, int]]
+        self,
+        key: str,
+        handle: str,
+        number: int,
+        pieces: list[tuple[str, int, int]],
+        buffer: Buffer,
     ) -> Part:
-        data = bytearray()
+        position = 0
         for source_key, first, end in pieces:
-            data += self._get(source_key, first, end - first)
+            self._get_into(source_key, first, end - first, buffer.view[position:])
+            position += end - first
+        return self._upload_part_from(key, handle, number, buffer.view, position)
+
+    def _upload_part_from(
+        self, key: str, handle: str, number: int, view: memoryview, size: int
+    ) -> Part:
+        """UploadPart of the first `size` bytes of `view`."""
+        data = view[:size]
         md5, sha256, headers = self.checksum_headers(data)
         etag = s3api.upload_part(self.client, self.bucket, key, handle, number, data, headers)
-        return Part(number, len(data), etag, md5, sha256)
+        return Part(number, size, etag, md5, sha256)
 
     async def finish(
         self,
@@ -360,20 +449,21 @@ class S3Store(Store):
         parts = list(parts)
         if layout.fragments:
             # the length was declared after the last bytes came: they are the last part
-            async with self._part_slots:
-                parts.append(await self.run(self._fragments_as_part, layout, len(parts) + 1))
+            parts.append(
+                await self.send_from_buffer(
+                    layout.fragments_size, self._fragments_as_part, layout, len(parts) + 1
+                )
+            )
         await self._complete(layout.key, layout.handle, parts, length)
         await self._remove_fragments(upload_id)
         return replace(layout, handle=None, fragments=())
 
-    def _fragments_as_part(self, layout: Layout, number: int) -> Part:
+    def _fragments_as_part(self, layout: Layout, number: int, buffer: Buffer) -> Part:
         assert layout.key is not None and layout.handle is not None
-        data = self.fetch_fragments(layout.fragments)
-        md5, sha256, headers = self.checksum_headers(data)
-        etag = s3api.upload_part(
-            self.client, self.bucket, layout.key, layout.handle, number, data, headers
+        self.fetch_fragments_into(layout.fragments, buffer.view)
+        return self._upload_part_from(
+            layout.key, layout.handle, number, buffer.view, layout.fragments_size
         )
-        return Part(number, len(data), etag, md5, sha256)
 
     async def _complete(self, key: str, handle: str, parts: Sequence[Part], length: int) -> None:
         numbers = [part.number for part in parts]
@@ -481,6 +571,7 @@ class S3Store(Store):
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.buffers.clear()
 
     # --- blocking helpers (run in the pool) --------------------------------------------
 
@@ -490,39 +581,32 @@ class S3Store(Store):
         s3api.put_object(self.client, self.bucket, key, data, headers)
         return md5
 
-    def _get(self, key: str, offset: int, length: int) -> bytes:
+    def _get_into(self, key: str, offset: int, length: int, view: memoryview) -> None:
+        """Bytes offset..offset+length of an object into the start of `view`, read in
+        blocks of READ_BLOCK (no copy of the whole range beside the buffer)."""
         response = self.client.get_object(self.bucket, key, offset=offset, length=length)
+        got = 0
         try:
-            data = response.read()
+            while got < length:
+                count = response.readinto(view[got : got + min(READ_BLOCK, length - got)])
+                if not count:
+                    break
+                got += count
         finally:
             response.close()
             response.release_conn()
-        if len(data) != length:
-            raise StorageError(f"object {key} gave {len(data)} bytes, expected {length}")
-        return data
+        if got != length:
+            raise StorageError(f"object {key} gave {got} bytes, expected {length}")
 
     def fetch_fragments_into(self, fragments: Sequence[Fragment], view: memoryview) -> None:
-        """The fragments' bytes, in order, at the start of `view` (checked like below)."""
+        """The fragments' bytes, in order, at the start of `view`, each checked against
+        its recorded MD5."""
         position = 0
         for fragment in fragments:
-            view[position : position + fragment.size] = self._fragment_bytes(fragment)
+            self._get_into(fragment.key, 0, fragment.size, view[position:])
+            if md5_base64(view[position : position + fragment.size]) != fragment.checksum:
+                raise StorageError(f"fragment {fragment.key} does not match its recorded MD5")
             position += fragment.size
-
-    def _fragment_bytes(self, fragment: Fragment) -> bytes:
-        block = self._get(fragment.key, 0, fragment.size)
-        if md5_base64(block) != fragment.checksum:
-            raise StorageError(f"fragment {fragment.key} does not match its recorded MD5")
-        return block
-
-    def fetch_fragments(
-        self, fragments: Sequence[Fragment], tail: bytes | bytearray | memoryview = b""
-    ) -> bytearray:
-        """The fragments' bytes in order (each checked against its recorded MD5), then tail."""
-        data = bytearray()
-        for fragment in fragments:
-            data += self._fragment_bytes(fragment)
-        data += tail
-        return data
 
     def _remove_keys(self, keys: list[str]) -> None:
         from minio.deleteobjects import DeleteObject
@@ -539,6 +623,13 @@ class S3Store(Store):
         ]
         if keys:
             self._remove_keys(keys)
+
+
+S3_FAILURES = (S3Error, s3api.CompleteFailed, urllib3.exceptions.HTTPError, OSError)
+
+
+def _storage_error(function: Callable[..., Any], exc: BaseException) -> StorageError:
+    return StorageError(f"S3 {getattr(function, '__name__', 'call')}: {exc}")
 
 
 def _is_missing(exc: StorageError) -> bool:
@@ -567,27 +658,15 @@ def _cut(spans: Sequence[tuple[str, int, int]], part_size: int) -> list[list[tup
     return parts
 
 
-class PartBuffers:
-    """Part-sized buffers, reused from one part to the next.
+@dataclass(eq=False)
+class _InFlight:
+    """A part being sent in a worker thread, with the buffer it is sent from."""
 
-    A part buffer freed back to glibc tends to stay in its heap, so fresh ones for each
-    part made a 1 GiB upload's RSS grow well past the parts actually held (measured: 59-66
-    MiB for 40 MiB in use with 8 MiB parts). Reusing them keeps RSS at what is in use.
-    Used from the event loop only.
-    """
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self._free: dict[int, list[bytearray]] = {}
-
-    def take(self, size: int) -> bytearray:
-        free = self._free.get(size)
-        return free.pop() if free else bytearray(size)
-
-    def give(self, buffer: bytearray) -> None:
-        free = self._free.setdefault(len(buffer), [])
-        if len(free) < self.keep:
-            free.append(buffer)
+    buffer: Buffer | None
+    #: the request wants the buffer back for its next part once this one is sent
+    recycle: bool = False
+    #: the part, once S3 took it (or the failure)
+    outcome: asyncio.Future[Part] = field(init=False, repr=False)
 
 
 class S3Appender(Appender):
@@ -597,6 +676,12 @@ class S3Appender(Appender):
     client is read at full speed and the gateway's round trip per part is overlapped; at
     most PARTS_IN_FLIGHT parts per request are in flight, and the process-wide limit
     (max_concurrent_parts) holds across all requests.
+
+    Memory: every part is filled in a buffer from the store's pool, sized to what the part
+    can still receive (the upload's remaining length, at most a part). The request waits
+    for the pool only while it holds no buffer; a further part in flight gets a buffer only
+    if one is free at once (`try_take`), otherwise the request waits for its own oldest
+    part to be sent and fills the next one in that part's buffer (see tusd_storage.buffers).
     """
 
     def __init__(
@@ -621,127 +706,205 @@ class S3Appender(Appender):
                 f"and fragments"
             )
         self._next_number = parts_end // self._part_size + 1
-        #: the part being filled (taken from the store's pool when the first byte comes)
-        self._buffer: bytearray | None = None
+        #: the part being filled: its new bytes at the start (the fragments' bytes go in
+        #: front of them when it is sent); taken from the pool when the first byte comes
+        self._buffer: Buffer | None = None
         self._filled = 0
         self._written = 0
         self._new_parts: list[Part] = []
         self._obsolete: list[str] = []
-        self._inflight: deque[asyncio.Future[Part]] = deque()
+        self._inflight: deque[_InFlight] = deque()
+        #: buffers of this request's sent parts, kept for its next part
+        self._spare: list[Buffer] = []
+        #: closed or aborted: buffers that come back from worker threads go to the pool
+        self._ended = False
+
+    # --- buffers -------------------------------------------------------------------------
+
+    def _part_need(self) -> int:
+        """What the buffer of the part being started must hold: the fragments' bytes in
+        front, then as many new bytes as the part can take, or as the upload still lacks."""
+        room = self._part_size - self._fragments_size
+        if self._length is not None:
+            room = min(room, self._length - self._offset - self._written)
+        return self._fragments_size + max(room, 1)
+
+    async def _next_buffer(self, need: int) -> Buffer:
+        pool = self._store.buffers
+        while True:
+            for index, spare in enumerate(self._spare):
+                if spare.size >= need:
+                    return self._spare.pop(index)
+            if not self._inflight:
+                # nothing held of the pool (spares too small go back first): may wait
+                while self._spare:
+                    pool.give(self._spare.pop())
+                return await pool.take(need)
+            buffer = pool.try_take(need)
+            if buffer is not None:
+                return buffer
+            # no buffer free: the next part is filled in the buffer of our oldest part once
+            # it is sent (never wait for the pool while holding some of it: deadlock)
+            await self._collect_oldest(recycle=True)
+
+    async def _collect_oldest(self, recycle: bool = False) -> None:
+        entry = self._inflight[0]
+        entry.recycle = recycle
+        part = await asyncio.shield(entry.outcome)
+        self._inflight.popleft()
+        self._new_parts.append(part)
+
+    def _sent(self, entry: _InFlight) -> None:
+        """A worker thread is done with a part (sent or failed): its slot and buffer are
+        free. Runs on the event loop."""
+        self._store._part_slots.release()
+        buffer, entry.buffer = entry.buffer, None
+        if buffer is not None:
+            if entry.recycle and not self._ended:
+                self._spare.append(buffer)
+            else:
+                self._store.buffers.give(buffer)
+
+    def _give_back(self) -> None:
+        """Every buffer this request holds (not those in flight) back to the pool."""
+        pool = self._store.buffers
+        if self._buffer is not None:
+            pool.give(self._buffer)
+            self._buffer, self._filled = None, 0
+        while self._spare:
+            pool.give(self._spare.pop())
+
+    # --- the appender ----------------------------------------------------------------------
 
     async def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:
-            room = self._part_size - self._fragments_size - self._filled
-            taken = view[:room]
             if self._buffer is None:
-                self._buffer = self._store.buffers.take(self._part_size)
-            self._buffer[self._filled : self._filled + len(taken)] = taken
+                self._buffer = await self._next_buffer(self._part_need())
+            front = self._fragments_size
+            room = min(self._part_size, self._buffer.size) - front - self._filled
+            if room <= 0:
+                # the buffer was sized to the upload's remaining length: more cannot come
+                raise StorageError(f"upload {self._upload_id}: bytes past its length")
+            taken = view[:room]
+            self._buffer.view[self._filled : self._filled + len(taken)] = taken
             self._filled += len(taken)
             self._written += len(taken)
             view = view[len(taken) :]
-            if self._filled + self._fragments_size == self._part_size:
+            if self._filled + front == self._part_size:
                 await self._send_part()
 
     async def _send_part(self) -> None:
         while len(self._inflight) >= PARTS_IN_FLIGHT:
-            self._new_parts.append(await self._inflight.popleft())
+            await self._collect_oldest(recycle=True)
+        # a slot first, then the part leaves self: cancelled while it waits, it keeps all
+        await self._store._part_slots.acquire()
         fragments, buffer, filled = tuple(self._fragments), self._buffer, self._filled
         self._fragments, self._fragments_size = [], 0
         self._buffer, self._filled = None, 0
         number = self._next_number
         self._next_number += 1
         self._obsolete.extend(f.key for f in fragments)
-        await self._store._part_slots.acquire()
-        self._inflight.append(
-            asyncio.ensure_future(self._upload(number, fragments, buffer, filled))
+        entry = _InFlight(buffer)
+        entry.outcome = self._store.start(
+            functools.partial(self._sent, entry),
+            self._upload_sync,
+            number,
+            fragments,
+            buffer,
+            filled,
         )
-
-    async def _upload(
-        self,
-        number: int,
-        fragments: tuple[Fragment, ...],
-        buffer: bytearray | None,
-        filled: int,
-    ) -> Part:
-        try:
-            return await self._store.run(self._upload_sync, number, fragments, buffer, filled)
-        finally:
-            self._store._part_slots.release()
-            if buffer is not None:
-                self._store.buffers.give(buffer)
+        self._inflight.append(entry)
 
     def _upload_sync(
         self,
         number: int,
         fragments: tuple[Fragment, ...],
-        buffer: bytearray | None,
+        buffer: Buffer | None,
         filled: int,
     ) -> Part:
-        data: bytearray | memoryview
-        if buffer is None:  # the last part, made of fragments alone
-            data = self._store.fetch_fragments(fragments)
-        else:
-            view = memoryview(buffer)
-            front = sum(fragment.size for fragment in fragments)
-            if fragments:
-                # the fragments' bytes come first: move the new bytes up, in place
-                view[front : front + filled] = view[:filled]
-                self._store.fetch_fragments_into(fragments, view)
-            data = view[: front + filled]
-        md5, sha256, headers = self._store.checksum_headers(data)
-        etag = s3api.upload_part(
-            self._store.client, self._store.bucket, self._key, self._handle, number, data, headers
-        )
-        return Part(number, len(data), etag, md5, sha256)
+        assert buffer is not None
+        view = buffer.view
+        front = sum(fragment.size for fragment in fragments)
+        if fragments:
+            # the fragments' bytes come first: move the new bytes up, in place
+            view[front : front + filled] = view[:filled]
+            self._store.fetch_fragments_into(fragments, view)
+        return self._store._upload_part_from(self._key, self._handle, number, view, front + filled)
 
     async def _settle(self) -> None:
         """Wait for every part in flight and record them."""
         while self._inflight:
-            self._new_parts.append(await self._inflight.popleft())
+            await self._collect_oldest()
 
     async def close(self) -> Stored:
         await self._settle()
         end = self._offset + self._written
         pending = self._fragments_size + self._filled
         if pending and self._length is not None and end == self._length:
-            await self._send_part()  # the upload's last bytes: the (short) last part
+            # the upload's last bytes: the (short) last part
+            if self._buffer is None:  # fragments alone (the length came with no bytes)
+                self._buffer = await self._next_buffer(self._fragments_size)
+            await self._send_part()
             await self._settle()
         elif self._filled:
             await self._save_fragment(end)
+        self._ended = True
+        self._give_back()
         layout = replace(self._layout, fragments=tuple(self._fragments))
         parts = tuple(sorted(self._new_parts, key=lambda part: part.number))
         return Stored(self._written, layout, parts, tuple(self._obsolete))
 
     async def _save_fragment(self, end: int) -> None:
+        """The bytes past the last whole part as one fragment object; with MAX_FRAGMENTS
+        pending, merged with them into one (in the same buffer: it was sized to hold the
+        fragments in front of the new bytes)."""
+        merged: list[Fragment] = []
+        if len(self._fragments) >= MAX_FRAGMENTS:
+            merged = self._fragments
+        start = merged[0].offset if merged else end - self._filled
+        size = sum(f.size for f in merged) + self._filled
+        key = self._store.fragment_key(self._upload_id, start, size)
+        await self._store._part_slots.acquire()
         buffer, filled = self._buffer, self._filled
         self._buffer, self._filled = None, 0
         assert buffer is not None
-        tail = memoryview(buffer)[:filled]
-        try:
-            async with self._store._part_slots:
-                data: bytearray | memoryview
-                if len(self._fragments) >= MAX_FRAGMENTS:
-                    # too many small objects to fetch later: merge them with the new bytes
-                    merged, self._fragments = self._fragments, []
-                    start = merged[0].offset
-                    self._obsolete.extend(f.key for f in merged)
-                    data = await self._store.run(self._store.fetch_fragments, merged, tail)
-                else:
-                    start, data = end - filled, tail
-                size = len(data)
-                key = self._store.fragment_key(self._upload_id, start, size)
-                md5 = await self._store.run(self._store._put, key, data)
-        finally:
-            tail.release()
+
+        def written() -> None:
+            self._store._part_slots.release()
             self._store.buffers.give(buffer)
+
+        md5 = await asyncio.shield(
+            self._store.start(written, self._put_fragment, key, merged, buffer, filled)
+        )
+        if merged:
+            self._obsolete.extend(f.key for f in merged)
+            self._fragments = []
         self._fragments.append(Fragment(start, size, key, md5))
-        self._fragments_size += size
+        self._fragments_size = sum(f.size for f in self._fragments)
+
+    def _put_fragment(self, key: str, merged: list[Fragment], buffer: Buffer, filled: int) -> str:
+        view = buffer.view
+        front = sum(fragment.size for fragment in merged)
+        if merged:
+            view[front : front + filled] = view[:filled]
+            self._store.fetch_fragments_into(merged, view)
+        return self._store._put(key, view[: front + filled])
 
     async def abort(self) -> None:
-        if self._buffer is not None:
-            self._store.buffers.give(self._buffer)
-            self._buffer, self._filled = None, 0
-        while self._inflight:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._inflight.popleft())
+        self._ended = True
+        for entry in self._inflight:
+            entry.recycle = False
+        try:
+            # the parts in flight end first: no part of this request may reach S3 after
+            # the upload's lock goes to the next request (which sends the same numbers)
+            while self._inflight:
+                outcome = self._inflight[0].outcome
+                try:
+                    await asyncio.shield(outcome)
+                except BaseException:
+                    if not outcome.done():
+                        raise  # this request itself is cancelled: stop waiting
+                self._inflight.popleft()
+        finally:
+            self._give_back()
