@@ -334,7 +334,7 @@ def read_head(stream: Any) -> tuple[int, dict[str, str]]:
     return int(status_line.split()[1]), headers
 
 
-def test_an_answer_before_the_body_arrived_closes_the_connection(
+def test_an_answer_long_before_the_body_arrived_closes_the_connection(
     app: RecordingApp, port: int
 ) -> None:
     """Otherwise the rest of the body would be read as the next request: a client that gave
@@ -347,6 +347,34 @@ def test_an_answer_before_the_body_arrived_closes_the_connection(
         assert status == 409
         assert headers.get("connection") == "close"
         assert stream.read() == b""  # the server closed the connection
+
+
+def test_a_small_rest_of_the_body_is_read_and_the_connection_kept(
+    app: RecordingApp, port: int
+) -> None:
+    with connect(port) as sock:
+        stream = sock.makefile("rb")
+        sock.sendall(request_head("/early", {"Content-Length": "3000"}))
+        status, headers = read_head(stream)  # answered before any body byte
+        assert status == 409 and "connection" not in headers
+        sock.sendall(b"x" * 3000)  # the client finishes its body, then asks again
+        sock.sendall(request_head("/after", {"Content-Length": "5"}) + b"hello")
+        assert read_response(stream) == (200, expected_answer(b"hello"))
+
+
+def test_a_small_rest_that_never_comes_ends_the_connection(app: RecordingApp, port: int) -> None:
+    with connect(port) as sock:
+        sock.settimeout(10)
+        stream = sock.makefile("rb")
+        sock.sendall(request_head("/early", {"Content-Length": "3000"}) + b"x" * 10)
+        status, _ = read_head(stream)
+        assert status == 409
+        # the client asks again instead of finishing its body: the server cannot tell the
+        # two apart, so it ends the connection rather than leave the request unanswered
+        sock.sendall(request_head("/after", {"Content-Length": "5"}) + b"hello")
+        started = time.monotonic()
+        assert stream.read() == b""
+        assert time.monotonic() - started < fasthttp.EARLY_DRAIN_SECONDS + 3
 
 
 def test_an_answer_after_the_whole_body_keeps_the_connection(

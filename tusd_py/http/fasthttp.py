@@ -13,9 +13,12 @@ BODY_IDLE_TIMEOUT (while we are ready to read it) ends as a dropped connection w
 application keeps what arrived and the request ends. `configure()` sets both.
 
 A response that is sent before the request's body has fully arrived (a refusal, a 409, a
-handover) closes the connection after it (`Connection: close`): the rest of that body would
-otherwise be read as the next request on the connection, and a client that stopped sending
-it would wait for an answer that never comes.
+handover) must not leave the connection ambiguous: the rest of that body would be read as
+the next request on it, and a client that stopped sending the body and asked again on the
+same connection would wait for an answer that never comes. So when more than
+EARLY_DRAIN_BYTES of the body are still due (or the length is unknown) the answer says
+`Connection: close` and the connection ends after it; otherwise the rest is read and
+dropped, and the connection is closed if it has not arrived within EARLY_DRAIN_SECONDS.
 
 It touches uvicorn internals (RequestResponseCycle.body/receive/send, _start_asgi_task), so
 it lives alone in this module; `protocol_class()` falls back to uvicorn's own protocol when
@@ -24,6 +27,7 @@ those internals are not what we expect.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import types
 from collections import deque
@@ -42,6 +46,12 @@ MAX_HEAD_BYTES = 64 * 1024
 HEADER_TIMEOUT = 30.0
 #: seconds a request body may stay silent while we wait for it
 BODY_IDLE_TIMEOUT = 60.0
+
+
+#: after an answer that came before the body: at most this much of the body is still read
+#: (and dropped) to keep the connection, for at most this long
+EARLY_DRAIN_BYTES = 64 * 1024
+EARLY_DRAIN_SECONDS = 1.0
 
 
 class HeadTooLarge(Exception):
@@ -102,6 +112,14 @@ def protocol_class() -> type[Any] | str:
         def on_headers_complete(self) -> None:
             self.awaiting_head = False
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            # uvicorn stops tracking the body once the response is out; we still need to
+            # know whether it has all arrived (see _send_closing_early)
+            cycle: Any = self.cycle
+            if cycle is not None:
+                cycle.body_done = True
+            super().on_message_complete()
 
         def _arm_watchdog(self) -> None:
             timeouts = [t for t in (HEADER_TIMEOUT, BODY_IDLE_TIMEOUT) if t > 0]
@@ -192,6 +210,7 @@ def protocol_class() -> type[Any] | str:
             # a pipelined request's body can arrive before its task starts
             _ensure_queue(cycle).append(body)
             cycle.queued += len(body)
+            cycle.body_received = getattr(cycle, "body_received", 0) + len(body)
             if cycle.queued > QUEUE_LIMIT:
                 self.flow.pause_reading()
             cycle.message_event.set()
@@ -212,11 +231,33 @@ def _ensure_queue(cycle: Any) -> deque[bytes]:
 
 
 async def _send_closing_early(self: Any, message: dict[str, Any]) -> None:
-    """RequestResponseCycle.send, closing the connection after a response that comes before
-    the request body has fully arrived (the connection's byte stream is no longer in step)."""
-    if message["type"] == "http.response.start" and self.more_body:
-        self.keep_alive = False
+    """RequestResponseCycle.send, for a response that comes before the request body has
+    fully arrived: the connection closes after it, or once the small rest of the body has
+    not arrived in time (the connection's byte stream must stay in step)."""
+    if message["type"] == "http.response.start" and not getattr(self, "body_done", False):
+        remaining = _body_still_due(self)
+        if remaining is None or remaining > EARLY_DRAIN_BYTES:
+            self.keep_alive = False
+        else:
+            cycle, transport = self, self.transport
+
+            def close_unless_drained() -> None:
+                if not getattr(cycle, "body_done", False) and not transport.is_closing():
+                    transport.close()
+
+            asyncio.get_running_loop().call_later(EARLY_DRAIN_SECONDS, close_unless_drained)
     await type(self).send(self, message)
+
+
+def _body_still_due(cycle: Any) -> int | None:
+    """Bytes of the request body not received yet; None when the length is unknown."""
+    for name, value in cycle.scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value) - getattr(cycle, "body_received", 0)
+            except ValueError:
+                return None
+    return None
 
 
 async def _receive(self: Any) -> dict[str, Any]:
