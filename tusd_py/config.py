@@ -145,6 +145,22 @@ def seconds(value: object) -> float:
     return number
 
 
+def non_negative_number(value: object) -> float:
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    if number is None or not math.isfinite(number):
+        raise ValueError("must be a number")
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
 class OneOf:
     """One of a few words (case-insensitive); with an enum, its members' values."""
 
@@ -617,6 +633,64 @@ class Settings:
         doc="The waiting request looks every 10 ms during this time, every 100 ms after it.",
     )
 
+    # admission control: refusals before any body byte is read (deployment.md)
+    max_concurrent_uploads: int = option(
+        0,
+        parse=non_negative_int,
+        metavar="N",
+        commands=[SERVE],
+        help="Requests carrying upload bytes (PATCH, POST with a body) one process takes at "
+        "once; more answer `503 ERR_TOO_MANY_UPLOADS` with `Retry-After`. `0` means no cap.",
+        doc="A slow client holds its slot while it sends, and one that stops sending holds it "
+        "until `--body-idle-timeout`; see "
+        "[deployment.md](deployment.md#admission-control) before setting a low cap.",
+    )
+    max_memory: int = option(
+        0,
+        parse=non_negative_int,
+        metavar="BYTES",
+        commands=[SERVE],
+        help="Resident memory of the process above which creations and upload bytes answer "
+        "`503 ERR_MEMORY_PRESSURE` with `Retry-After`. `0` means no bound.",
+        doc="Read from `/proc/self/statm` (Linux) at most every 100 ms. HEAD, GET and DELETE "
+        "go on, and requests already receiving are not interrupted.",
+    )
+    rate_limit: float = option(
+        0.0,
+        parse=non_negative_number,
+        metavar="R",
+        commands=[SERVE],
+        help="Requests per second one client may send on average; more answer "
+        "`429 ERR_RATE_LIMITED` with `Retry-After`. `0` means no limit.",
+        doc="The client is the remote address, or with `--behind-proxy` the first address of "
+        "`Forwarded: for=` or `X-Forwarded-For`. With `--redis-url` the budget is shared by "
+        "all instances (if Redis cannot be reached, each instance counts alone). CORS "
+        "preflights, `/health`, `/ready` and `/metrics` are not counted. tus-js-client gives "
+        "up on a 429 unless told otherwise; Uppy waits and retries.",
+    )
+    rate_limit_burst: int = option(
+        0,
+        parse=non_negative_int,
+        metavar="N",
+        shown_default="`0`: one second's worth (the rate, at least 1)",
+        commands=[SERVE],
+        help="Requests a client may send at once before `--rate-limit` slows it down.",
+        doc="Does nothing without `--rate-limit`.",
+    )
+    min_free_disk: int = option(
+        256 * 1024 * 1024,
+        parse=non_negative_int,
+        metavar="BYTES",
+        shown_default="`268435456` (256 MiB)",
+        commands=[SERVE],
+        help="With the file store: free bytes on the uploads' filesystem below which upload "
+        "bytes answer `507 ERR_INSUFFICIENT_STORAGE` with `Retry-After` and `/ready` answers "
+        "`503`. `0` turns the check off.",
+        doc="A creation whose `Upload-Length` does not fit in the free space above this reserve "
+        "is refused the same way. Free space is read at most once a second. S3 storage does "
+        "not use it.",
+    )
+
     # gc
     orphan_age: float = option(
         3600.0,
@@ -694,6 +768,11 @@ class Settings:
             max_size=self.max_size or None,
             expiration=timedelta(seconds=self.expiration) if self.expiration > 0 else None,
         )
+
+    @property
+    def rate_limit_tokens(self) -> int:
+        """The burst a client gets: --rate-limit-burst, or one second's worth."""
+        return self.rate_limit_burst or max(1, math.ceil(self.rate_limit))
 
     @property
     def uploads_dir(self) -> Path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import sqlalchemy as sa
@@ -19,6 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tusd_protocol.rules import Feature, Limits
 from tusd_storage import Capability, FileStore, Store
 
+from .admission.fallback import FallbackRateLimiter
+from .admission.policy import (
+    AdmissionPolicy,
+    ConcurrencyCap,
+    DiskGuard,
+    LocalRateLimiter,
+    MemoryGuard,
+    RateLimiter,
+)
+from .admission.system import free_bytes, resident_bytes
 from .config import Settings
 from .core.maintenance import Maintenance
 from .core.ports import NULL_METER, Meter, UploadCache, UploadLocks
@@ -29,6 +41,7 @@ from .state.local_locks import LocalLocks
 from .state.memory_cache import StateCache
 from .state.redis_cache import RedisStateCache
 from .state.redis_locks import RedisLocks
+from .state.redis_rate_limit import RedisRateLimiter
 from .state.sql import Repository, make_engine
 
 log = logging.getLogger("tusd_py")
@@ -76,6 +89,8 @@ class Runtime:
         self.draining = False
         self._starting = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        #: more questions /ready asks (each None when fine, else what is wrong)
+        self.readiness_checks: list[Callable[[], str | None]] = []
 
     async def start(self) -> None:
         async with self._starting:
@@ -114,6 +129,10 @@ class Runtime:
                 await self.redis.ping()
             except Exception as exc:
                 return f"redis: {exc}"
+        for check in self.readiness_checks:
+            problem = check()
+            if problem is not None:
+                return problem
         return None
 
     async def stop(self) -> None:
@@ -220,3 +239,49 @@ def make_state_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
     )
+
+
+class Admission:
+    """The admission limits of one process (see tusd_py.admission)."""
+
+    def __init__(self, policy: AdmissionPolicy, limiter: RateLimiter | None) -> None:
+        self.policy = policy
+        self.limiter = limiter
+
+    @property
+    def active(self) -> bool:
+        return self.policy.guards_requests or self.limiter is not None
+
+    def disk_problem(self) -> str | None:
+        """/ready's question: is the upload store's disk above its reserve?"""
+        disk = self.policy.disk
+        problem = disk.problem() if disk is not None else None
+        return None if problem is None else f"disk: {problem}"
+
+
+def build_admission(settings: Settings, redis: Redis | None = None) -> Admission:
+    clock = time.monotonic
+    policy = AdmissionPolicy(
+        cap=ConcurrencyCap(settings.max_concurrent_uploads)
+        if settings.max_concurrent_uploads
+        else None,
+        memory=MemoryGuard(settings.max_memory, resident_bytes, clock)
+        if settings.max_memory
+        else None,
+        disk=DiskGuard(
+            settings.min_free_disk,
+            lambda: free_bytes(settings.uploads_dir),
+            clock,
+            where=str(settings.uploads_dir),
+        )
+        if settings.min_free_disk and not settings.uses_s3
+        else None,
+    )
+    limiter: RateLimiter | None = None
+    if settings.rate_limit > 0:
+        burst = settings.rate_limit_tokens
+        limiter = LocalRateLimiter(settings.rate_limit, burst, clock)
+        if redis is not None:
+            shared = RedisRateLimiter(redis, settings.rate_limit, burst)
+            limiter = FallbackRateLimiter(shared, limiter, clock)
+    return Admission(policy, limiter)

@@ -222,6 +222,15 @@ class UploadLocked(ProtocolError):
     default_message = "Another request is using this upload; retry shortly."
 
 
+class RateLimited(ProtocolError):
+    """429: this client sent more requests than the server takes from one client; the
+    request was not read. Retry-After says when the next one is taken."""
+
+    status = 429
+    code = "ERR_RATE_LIMITED"
+    default_message = "Too many requests from this client; retry after the time in Retry-After."
+
+
 class ChecksumMismatch(ProtocolError):
     status = 460
     code = "ERR_CHECKSUM_MISMATCH"
@@ -253,3 +262,34 @@ class ServiceUnavailable(ServerFault):
     status = 503
     code = "ERR_UNAVAILABLE"
     default_message = "A backing service is unavailable; retry shortly."
+
+
+class TooManyUploads(ServiceUnavailable):
+    """503 before any body byte is read: this instance carries as many uploads as it may."""
+
+    code = "ERR_TOO_MANY_UPLOADS"
+    default_message = (
+        "The server is receiving as many uploads as it takes; nothing was read. "
+        "Retry after the time in Retry-After."
+    )
+
+
+class MemoryPressure(ServiceUnavailable):
+    """503 before any body byte is read: the process uses more memory than it may."""
+
+    code = "ERR_MEMORY_PRESSURE"
+    default_message = (
+        "The server is short of memory and takes no new upload bytes for now; nothing was "
+        "read. Retry after the time in Retry-After."
+    )
+
+
+class InsufficientStorage(ServerFault):
+    """507 before any body byte is read: the upload store is (nearly) full."""
+
+    status = 507
+    code = "ERR_INSUFFICIENT_STORAGE"
+    default_message = (
+        "The server's storage is too full to take these bytes; nothing was stored. "
+        "Retry after the time in Retry-After."
+    )

@@ -50,6 +50,8 @@ SAMPLES: dict[str, tuple[str, Any, list[str]]] = {
     "s3_create_bucket": ("1", True, []),
     "s3_part_size": ("16777216", 16 * 1024 * 1024, []),
     "s3_max_concurrent_parts": ("4", 4, []),
+    "max_buffer_memory": ("33554432", 32 * 1024 * 1024, []),
+    "buffer_wait_timeout": ("2.5", 2.5, []),
     "database_url": ("postgresql://u@db/tusd", "postgresql://u@db/tusd", []),
     "db_pool_size": ("5", 5, []),
     "db_max_overflow": ("0", 0, []),
@@ -64,6 +66,11 @@ SAMPLES: dict[str, tuple[str, Any, list[str]]] = {
     "shutdown_timeout": ("3", 3.0, []),
     "lock_acquire_timeout": ("1.5", 1.5, []),
     "lock_handover_timeout": ("0.25", 0.25, []),
+    "max_concurrent_uploads": ("50", 50, []),
+    "max_memory": ("1073741824", 1024**3, []),
+    "rate_limit": ("2.5", 2.5, []),
+    "rate_limit_burst": ("10", 10, []),
+    "min_free_disk": ("0", 0, []),
     "orphan_age": ("0", 0.0, []),
     "max_idle": ("600", 600.0, []),
     "log_level": ("DEBUG", "debug", []),
@@ -191,6 +198,8 @@ BAD_VALUES = [
     ("fsync", "sometimes", "must be one of always, never"),
     ("s3_part_size", "1048576", "S3 parts must be at least 5 MiB (5242880 bytes)"),
     ("redis_pool_size", "1", "must be at least 2 (the handover listener keeps one)"),
+    ("rate_limit", "fast", "must be a number"),
+    ("min_free_disk", "-1", "must not be negative"),
     ("storage", "ftp://somewhere", "must be 'file' or s3://BUCKET/PREFIX"),
 ]
 
@@ -248,6 +257,12 @@ def test_settings_built_in_python_take_python_values() -> None:
     assert settings.fsync is FsyncPolicy.NEVER
     with pytest.raises(ValueError, match="must be a whole number"):
         Settings(port=True)
+
+
+def test_the_buffer_memory_must_hold_a_part() -> None:
+    with pytest.raises(ValueError, match=r"--max-buffer-memory 8388608 must hold at least one"):
+        Settings(max_buffer_memory=8 * 1024 * 1024, s3_part_size=16 * 1024 * 1024)
+    assert Settings(max_buffer_memory=8 * 1024 * 1024).max_buffer_memory == 8 * 1024 * 1024
 
 
 @pytest.mark.usefixtures("nothing_runs")

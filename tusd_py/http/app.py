@@ -14,9 +14,10 @@ from starlette.routing import Route
 
 from tusd_storage import Store
 
+from ..admission.middleware import AdmissionMiddleware
 from ..config import Settings, settings_from_environment
 from ..metrics.prometheus import PrometheusMeter
-from ..wiring import Runtime, build_service, make_redis, make_state_engine
+from ..wiring import Runtime, build_admission, build_service, make_redis, make_state_engine
 from . import fasthttp
 from .cors import CORSMiddleware
 from .endpoints import TusHandlers
@@ -37,6 +38,8 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     meter.watch_cache(service.cache)
     meter.watch_database(engine)
     runtime = Runtime(settings, engine, service, redis)
+    admission = build_admission(settings, redis)
+    runtime.readiness_checks.append(admission.disk_problem)
     handlers = TusHandlers(service, settings, runtime)
 
     @contextlib.asynccontextmanager
@@ -81,13 +84,27 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
                 CORSMiddleware,
                 origins=settings.cors_origins,
                 allow_credentials=settings.cors_allow_credentials,
-            )
+            ),
+            # inside CORS, so that refusals carry CORS headers too
+            *(
+                [
+                    Middleware(
+                        AdmissionMiddleware,
+                        policy=admission.policy,
+                        limiter=admission.limiter,
+                        behind_proxy=settings.behind_proxy,
+                    )
+                ]
+                if admission.active
+                else []
+            ),
         ],
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False
     app.state.runtime = runtime
     app.state.meter = meter
+    app.state.admission = admission
     return app
 
 
