@@ -52,8 +52,6 @@ SAMPLES: dict[str, tuple[str, Any, list[str]]] = {
     "s3_max_concurrent_parts": ("4", 4, []),
     "max_buffer_memory": ("33554432", 32 * 1024 * 1024, []),
     "buffer_wait_timeout": ("2.5", 2.5, []),
-    "max_buffer_memory": ("33554432", 32 * 1024 * 1024, []),
-    "buffer_wait_timeout": ("2.5", 2.5, []),
     "database_url": ("postgresql://u@db/tusd", "postgresql://u@db/tusd", []),
     "db_pool_size": ("5", 5, []),
     "db_max_overflow": ("0", 0, []),
@@ -259,12 +257,6 @@ def test_settings_built_in_python_take_python_values() -> None:
     assert settings.fsync is FsyncPolicy.NEVER
     with pytest.raises(ValueError, match="must be a whole number"):
         Settings(port=True)
-
-
-def test_the_buffer_memory_must_hold_a_part() -> None:
-    with pytest.raises(ValueError, match=r"--max-buffer-memory 8388608 must hold at least one"):
-        Settings(max_buffer_memory=8 * 1024 * 1024, s3_part_size=16 * 1024 * 1024)
-    assert Settings(max_buffer_memory=8 * 1024 * 1024).max_buffer_memory == 8 * 1024 * 1024
 
 
 def test_the_buffer_memory_must_hold_a_part() -> None:
