@@ -555,6 +555,13 @@ def test_a_creation_too_large_for_the_disk_is_507() -> None:
     assert sent.status == 204
 
 
+@pytest.mark.parametrize("length", [str(2**63), "-1", "+5", "1e3", "abc"])
+def test_a_length_that_is_no_tus_integer_is_left_to_the_application(length: str) -> None:
+    policy = AdmissionPolicy(disk=DiskGuard(100, Reading(1100), FakeClock()))
+    middleware = AdmissionMiddleware(TinyApp(), policy)
+    assert call(middleware, scope_of("POST", headers={"Upload-Length": length})).status == 204
+
+
 def test_health_ready_and_metrics_are_never_refused() -> None:
     limiter = NoTokens()
     middleware = AdmissionMiddleware(TinyApp(), AdmissionPolicy(), limiter=limiter)

@@ -46,11 +46,19 @@ def _header_values(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     return found
 
 
+#: the largest integer tus allows (PROTOCOL 8); anything else is the application's 400
+MAX_INTEGER = 2**63 - 1
+
+
 def _length(value: bytes | None) -> int | None:
+    """A valid tus integer, else None (the application refuses what does not parse)."""
     if value is None:
         return None
     text = value.strip()
-    return int(text) if text.isdigit() and len(text) <= 19 else None
+    if not (text.isdigit() and len(text) <= 19):
+        return None
+    number = int(text)
+    return number if number <= MAX_INTEGER else None
 
 
 def _node_address(node: str) -> str:
