@@ -415,6 +415,16 @@ def test_a_refusal_is_sent_before_the_body_is_read_with_the_project_error_body()
     assert sent.headers["content-length"] == str(len(sent.body))
 
 
+def test_each_refusal_is_told_to_the_metrics_hook_with_its_reason() -> None:
+    policy = AdmissionPolicy(cap=ConcurrencyCap(1))
+    policy.decide(Kind.BYTES)
+    reasons: list[str] = []
+    middleware = AdmissionMiddleware(TinyApp(), policy, on_refusal=reasons.append)
+    assert call(middleware, scope_of(), never_receive).status == 503
+    assert call(middleware, scope_of("HEAD")).status == 204
+    assert reasons == ["concurrency"]
+
+
 def test_a_refusal_is_json_when_asked() -> None:
     policy = AdmissionPolicy()
     middleware = AdmissionMiddleware(TinyApp(), policy, limiter=NoTokens())

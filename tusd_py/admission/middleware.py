@@ -11,7 +11,7 @@ application returns.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -101,7 +101,8 @@ def _relative_path(scope: Scope) -> str:
 
 
 class AdmissionMiddleware:
-    """`limiter` (token buckets by client) may be None: no rate limit."""
+    """`limiter` (token buckets by client) may be None: no rate limit. `on_refusal` hears
+    the reason of each refusal ("concurrency", "rate", "memory", "disk"): a metrics hook."""
 
     def __init__(
         self,
@@ -109,11 +110,13 @@ class AdmissionMiddleware:
         policy: AdmissionPolicy,
         limiter: RateLimiter | None = None,
         behind_proxy: bool = False,
+        on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
         self.limiter = limiter
         self.behind_proxy = behind_proxy
+        self.on_refusal = on_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,6 +143,8 @@ class AdmissionMiddleware:
         upload_length = _length(headers.get(b"upload-length")) if method == "POST" else None
         decision = self.policy.decide(kind, upload_length, wait)
         if isinstance(decision, Refuse):
+            if self.on_refusal is not None:
+                self.on_refusal(decision.reason)
             await _send_refusal(decision, scope, headers, send)
             return
         if not decision.holds_slot:
