@@ -7,6 +7,7 @@ import inspect
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from tests.unit._async import run, until
 from tusd_protocol.errors import UploadLocked
 from tusd_py.core.ports import NULL_METER, Holding, Meter, NullMeter
 from tusd_py.metrics.instrumented import MeteredLocks, MeteredStore
-from tusd_py.metrics.prometheus import PrometheusMeter
+from tusd_py.metrics.prometheus import TEMP_PREFIX, PrometheusMeter, prepare_multiprocess_dir
 from tusd_py.state.local_locks import LocalLocks
 from tusd_storage.memory import MemoryStore
 
@@ -365,3 +366,34 @@ def test_in_multiprocess_mode_a_scrape_adds_up_every_process(tmp_path: Path) -> 
     assert found["tusd_bytes_received"] == 123
     # the gone process's upload is no longer in progress; the scraping one's is
     assert found["tusdpy_uploads_in_progress"] == 1
+
+
+def test_serve_makes_a_directory_for_its_workers_and_removes_one_left_behind(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    left = tmp_path / f"{TEMP_PREFIX}{gone}-abc"
+    left.mkdir()
+    cleanup = prepare_multiprocess_dir()
+    made = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    assert made.is_dir() and made.name.startswith(f"{TEMP_PREFIX}{os.getpid()}-")
+    assert not left.exists()
+    cleanup()
+    assert not made.exists() and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_an_operators_directory_is_emptied_of_the_last_runs_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    (tmp_path / "counter_1.db").write_bytes(b"old")
+    (tmp_path / "notes.txt").write_text("kept")
+    prepare_multiprocess_dir()()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -50,6 +50,8 @@ log = logging.getLogger("tusd_py.metrics")
 #: the content type of GET /metrics
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: the directories `serve --workers N` makes: this prefix, then the serve process's id
+TEMP_PREFIX = "tusd-py-metrics-"
 #: how often each worker process copies its scrape-time readings into the shared files
 SAMPLE_INTERVAL = 1.0
 
@@ -417,7 +419,8 @@ def prepare_multiprocess_dir() -> Callable[[], None]:
         for path in glob.glob(os.path.join(given, "*.db")):
             os.remove(path)
         return lambda: None
-    made = tempfile.mkdtemp(prefix="tusd-py-metrics-")
+    _remove_left_behind()
+    made = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
     os.environ[MULTIPROC_ENV] = made
 
     def cleanup() -> None:
@@ -425,6 +428,15 @@ def prepare_multiprocess_dir() -> Callable[[], None]:
         shutil.rmtree(made, ignore_errors=True)
 
     return cleanup
+
+
+def _remove_left_behind() -> None:
+    """The directories of `serve` processes that were killed before they could remove
+    theirs (SIGKILL, out of memory)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{TEMP_PREFIX}*-*")):
+        pid = os.path.basename(path)[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def forget_dead_workers(path: str) -> None:
