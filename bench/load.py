@@ -304,6 +304,12 @@ def main() -> int:
         "--server-args", default="", help="extra options for both tusd-py servers (one string)"
     )
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        help="write the servers' output to this directory and keep it (default: under --dir, "
+        "removed at the end)",
+    )
     args = parser.parse_args()
 
     wanted = [key.strip() for key in args.servers.split(",") if key.strip()]
@@ -332,6 +338,8 @@ def main() -> int:
     )
 
     args.dir.mkdir(parents=True, exist_ok=True)
+    if args.keep_logs:
+        args.keep_logs.mkdir(parents=True, exist_ok=True)
     tusd = [
         sys.executable,
         "-m",
@@ -350,7 +358,7 @@ def main() -> int:
         for key in wanted:
             port = free_port()
             data = args.dir / key
-            log = args.dir / f"{key}.log"
+            log = (args.keep_logs or args.dir) / f"{key}.log"
             if key == "sqlite":
                 command = [*tusd, "--port", str(port), "--data-dir", str(data)]
                 servers.append(LoggedServer(key, command, port, data, log))
