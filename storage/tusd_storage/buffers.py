@@ -48,7 +48,7 @@ GRAIN = 64 * 1024
 #: a request may be given an idle buffer up to this factor larger than what it asked for
 REUSE_SLACK = 2
 #: seconds a request may wait for a buffer before it answers 503
-DEFAULT_WAIT_TIMEOUT = 30.0
+DEFAULT_WAIT_TIMEOUT = 60.0
 #: seconds a client is asked to wait before it retries, after a buffer wait timed out
 RETRY_AFTER = 5
 

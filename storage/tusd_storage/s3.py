@@ -66,7 +66,7 @@ MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MiB
 DEFAULT_PART_SIZE = 8 * MiB
 #: the bytes of all part and fragment buffers of one store (one process) together
-DEFAULT_BUFFER_MEMORY = 512 * MiB
+DEFAULT_BUFFER_MEMORY = 256 * MiB
 #: fragments an upload may collect before the next one is merged with them into one
 MAX_FRAGMENTS = 8
 #: parts one request may have in flight at once (the gateway's round trip per part is
