@@ -1,6 +1,6 @@
 """The composition root: settings in, a running service out.
 
-Builds the store, the state engine and repository, the cache and the locks (in-process or
+Builds the store, the state database and repository, the cache and the locks (in-process or
 Redis), the upload service and its maintenance, and the Runtime that starts and stops them.
 Nothing else in tusd-py chooses an implementation.
 """
@@ -14,9 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tusd_protocol.rules import Feature, Limits
 from tusd_storage import Capability, FileStore, Store
@@ -37,12 +35,13 @@ from .core.ports import NULL_METER, Meter, UploadCache, UploadLocks
 from .core.service import UploadService
 from .metrics.instrumented import MeteredLocks, MeteredStore
 from .state import migrations
+from .state.database import Database
 from .state.local_locks import LocalLocks
 from .state.memory_cache import StateCache
 from .state.redis_cache import RedisStateCache
 from .state.redis_locks import RedisLocks
 from .state.redis_rate_limit import RedisRateLimiter
-from .state.sql import Repository, make_engine
+from .state.sql import Repository
 
 log = logging.getLogger("tusd_py")
 
@@ -75,12 +74,12 @@ class Runtime:
     def __init__(
         self,
         settings: Settings,
-        engine: AsyncEngine,
+        database: Database,
         service: UploadService,
         redis: Redis | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        self.database = database
         self.service = service
         self.redis = redis
         self.maintenance = Maintenance(service)
@@ -120,8 +119,7 @@ class Runtime:
         if self.draining:
             return "shutting down"
         try:
-            async with self.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
+            await self.database.ping()
         except Exception as exc:
             return f"database: {exc}"
         if self.redis is not None:
@@ -142,7 +140,7 @@ class Runtime:
                 await self._sweeper
         await self.service.locks.stop()
         await self.service.store.close()
-        await self.engine.dispose()
+        await self.database.close()
         if self.redis is not None:
             await self.redis.aclose()
         self.started = False
@@ -188,7 +186,7 @@ def store_features(store: Store, limits: Limits) -> frozenset[Feature]:
 
 def build_service(
     settings: Settings,
-    engine: AsyncEngine,
+    database: Database,
     redis: Redis | None = None,
     store: Store | None = None,
     meter: Meter = NULL_METER,
@@ -212,7 +210,7 @@ def build_service(
     if meter is not NULL_METER:
         store = MeteredStore(store, meter)
         locks = MeteredLocks(locks, meter)
-    return UploadService(store, Repository(engine), limits, cache, locks, meter=meter)
+    return UploadService(store, Repository(database), limits, cache, locks, meter=meter)
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -229,15 +227,13 @@ def make_redis(settings: Settings) -> Redis:
     return Redis(connection_pool=pool)
 
 
-def make_state_engine(settings: Settings) -> AsyncEngine:
-    url = settings.resolved_database_url
-    if url.startswith("sqlite"):
-        return make_engine(url)
-    return make_engine(
-        url,
+def make_database(settings: Settings) -> Database:
+    """The state database; its workers wait at most db_pool_timeout for their turn."""
+    return Database(
+        settings.resolved_database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout,
+        queue_timeout=settings.db_pool_timeout,
     )
 
 

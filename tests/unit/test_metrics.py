@@ -9,18 +9,19 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.unit._async import run, until
 from tusd_protocol.errors import UploadLocked
 from tusd_py.core.ports import NULL_METER, Holding, Meter, NullMeter
 from tusd_py.metrics.instrumented import MeteredLocks, MeteredStore
 from tusd_py.metrics.prometheus import TEMP_PREFIX, PrometheusMeter, prepare_multiprocess_dir
+from tusd_py.state.database import Database
 from tusd_py.state.local_locks import LocalLocks
 from tusd_storage.memory import MemoryStore
 
@@ -165,76 +166,31 @@ def test_the_cache_counters_are_read_at_scrape_time() -> None:
     assert value(meter, "tusdpy_cache_errors_total") == 0  # this cache has none
 
 
-class FakePool:
-    def __init__(self) -> None:
-        self.checked_out = 0
-        self.release = asyncio.Event()
-
-    def size(self) -> int:
-        return 4
-
-    def checkedout(self) -> int:
-        return self.checked_out
-
-    def overflow(self) -> int:
-        return -2  # QueuePool counts up from -size
-
-    def connect(self) -> str:
-        self.checked_out += 1
-        return "connection"
-
-
-class FakeEngine:
-    def __init__(self) -> None:
-        self.sync_engine = type("Sync", (), {})()
-        self.sync_engine.pool = FakePool()
-
-
-def test_the_pool_is_read_at_scrape_time() -> None:
+def test_the_database_load_is_read_at_scrape_time(tmp_path: Path) -> None:
+    """In use and waiting are the calls running on and queued for the database workers."""
+    database = Database(f"sqlite:///{tmp_path / 'x.db'}")
     meter = PrometheusMeter()
-    engine = FakeEngine()
-    meter.watch_database(engine)
-    assert engine.sync_engine.pool.connect() == "connection"  # through the counting wrapper
-    assert value(meter, "tusdpy_db_pool_size") == 4
-    assert value(meter, "tusdpy_db_pool_in_use") == 1
+    meter.watch_database(database)
+    release = threading.Event()
+    seen: list[tuple[float, float]] = []
+
+    def hold(connection: Any) -> None:
+        release.wait(10)
+
+    async def main() -> None:
+        held = asyncio.ensure_future(database.run(hold))  # takes the only worker
+        queued = asyncio.ensure_future(database.run(hold))  # waits its turn
+        await until(lambda: value(meter, "tusdpy_db_pool_waiting") == 1)
+        seen.append((value(meter, "tusdpy_db_pool_in_use"), value(meter, "tusdpy_db_pool_waiting")))
+        release.set()
+        await asyncio.gather(held, queued)
+        seen.append((value(meter, "tusdpy_db_pool_in_use"), value(meter, "tusdpy_db_pool_waiting")))
+        await database.close()
+
+    run(main)
+    assert seen == [(1, 1), (0, 0)]
+    assert value(meter, "tusdpy_db_pool_size") == 1  # SQLite: one writer
     assert value(meter, "tusdpy_db_pool_overflow") == 0
-    assert value(meter, "tusdpy_db_pool_waiting") == 0
-
-
-def test_checkouts_in_progress_are_counted_as_waiting() -> None:
-    meter = PrometheusMeter()
-    engine = FakeEngine()
-    pool = engine.sync_engine.pool
-    seen: list[float] = []
-
-    def slow_connect() -> str:
-        seen.append(value(meter, "tusdpy_db_pool_waiting"))  # scraped while it waits
-        return "connection"
-
-    pool.connect = slow_connect
-    meter.watch_database(engine)
-    pool.connect()
-    assert seen == [1]
-    assert value(meter, "tusdpy_db_pool_waiting") == 0
-
-
-def test_a_real_sqlalchemy_pool_is_followed_after_dispose(tmp_path: Path) -> None:
-    async def main() -> tuple[float, float, float]:
-        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
-        meter = PrometheusMeter()
-        meter.watch_database(engine)
-        async with engine.connect():
-            in_use = value(meter, "tusdpy_db_pool_in_use")
-        await engine.dispose()  # a new pool
-        async with engine.connect():
-            again = value(meter, "tusdpy_db_pool_in_use")
-        size = value(meter, "tusdpy_db_pool_size")
-        await engine.dispose()
-        return in_use, again, size
-
-    in_use, again, size = run(main)
-    assert (in_use, again) == (1, 1)
-    assert size >= 1
 
 
 # --- the timing wrappers -------------------------------------------------------------------

@@ -17,14 +17,14 @@ DESCRIPTION = (
 
 def run(settings: Settings) -> int:
     from ..core.maintenance import Maintenance
-    from ..state.sql import make_engine
+    from ..state.database import Database
     from ..wiring import SchemaNotMigrated, build_service, make_redis, prepare_database
 
     async def sweep() -> tuple[int, int]:
         await prepare_database(settings)
-        engine = make_engine(settings.resolved_database_url)
+        database = Database(settings.resolved_database_url)
         redis = make_redis(settings) if settings.redis_url else None
-        service = build_service(settings, engine, redis)
+        service = build_service(settings, database, redis)
         maintenance = Maintenance(service)
         try:
             await service.store.open()
@@ -35,7 +35,7 @@ def run(settings: Settings) -> int:
             return reclaimed, orphans
         finally:
             await service.store.close()
-            await engine.dispose()
+            await database.close()
             if redis is not None:
                 await redis.aclose()
 

@@ -17,7 +17,7 @@ from tusd_storage import Store
 from ..admission.middleware import AdmissionMiddleware
 from ..config import Settings, settings_from_environment
 from ..metrics.prometheus import PrometheusMeter
-from ..wiring import Runtime, build_admission, build_service, make_redis, make_state_engine
+from ..wiring import Runtime, build_admission, build_service, make_database, make_redis
 from . import fasthttp
 from .cors import CORSMiddleware
 from .endpoints import TusHandlers
@@ -31,13 +31,13 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     """The tus server as an ASGI application; `store` replaces the one the settings name
     (a custom store, or one with fewer capabilities)."""
     fasthttp.configure(settings.header_timeout, settings.body_idle_timeout)
-    engine = make_state_engine(settings)
+    database = make_database(settings)
     redis = make_redis(settings) if settings.redis_url else None
     meter = PrometheusMeter()  # a registry of its own: several apps may share a process
-    service = build_service(settings, engine, redis, store, meter)
+    service = build_service(settings, database, redis, store, meter)
     meter.watch_cache(service.cache)
-    meter.watch_database(engine)
-    runtime = Runtime(settings, engine, service, redis)
+    meter.watch_database(database)
+    runtime = Runtime(settings, database, service, redis)
     admission = build_admission(settings, redis)
     runtime.readiness_checks.append(admission.disk_problem)
     handlers = TusHandlers(service, settings, runtime)

@@ -87,47 +87,15 @@ def multiprocess_dir() -> str | None:
 
 
 class _PoolWatch:
-    """Reads a SQLAlchemy engine's pool at scrape time, and counts the checkouts waiting for
-    a connection (the pool has no event for a checkout that begins, so its `connect` is
-    wrapped). Follows the engine to a new pool after `dispose()`."""
+    """Reads the state database's load at scrape time (see tusd_py.state.database)."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.waiting = 0
-        self._pool: Any = None
-        self.pool()
-
-    def pool(self) -> Any:
-        pool = self.engine.sync_engine.pool
-        if pool is not self._pool:
-            connect = pool.connect
-
-            def counted_connect() -> Any:
-                self.waiting += 1
-                try:
-                    return connect()
-                finally:
-                    self.waiting -= 1
-
-            pool.connect = counted_connect
-            self._pool = pool
-        return pool
+    def __init__(self, database: Any) -> None:
+        self.database = database
 
     def readings(self) -> tuple[int, int, int, int]:
-        """(size, in use, overflow, waiting); 0 for what this kind of pool does not say."""
-        pool = self.pool()
-        size = _call(pool, "size")
-        in_use = _call(pool, "checkedout")
-        overflow = max(_call(pool, "overflow"), 0)  # QueuePool counts up from -size
-        return size, in_use, overflow, self.waiting
-
-
-def _call(pool: Any, name: str) -> int:
-    method = getattr(pool, name, None)
-    try:
-        return int(method()) if method is not None else 0
-    except Exception:
-        return 0
+        """(size, in use, overflow, waiting)."""
+        load = self.database.load()
+        return load.size, load.busy, load.overflow, load.waiting
 
 
 class PrometheusMeter:
@@ -320,9 +288,9 @@ class PrometheusMeter:
         self._cache = cache
         self._cache_seen = [0, 0, 0]
 
-    def watch_database(self, engine: Any) -> None:
-        """A SQLAlchemy (async) engine whose pool is read at scrape time."""
-        self._pool = _PoolWatch(engine)
+    def watch_database(self, database: Any) -> None:
+        """The state database (tusd_py.state.database.Database), read at scrape time."""
+        self._pool = _PoolWatch(database)
 
     def sample(self) -> None:
         """Copy the watched objects' figures into the series."""

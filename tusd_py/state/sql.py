@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus, check_transition
 from tusd_storage import EMPTY_LAYOUT, Fragment, Layout, Part
+
+from .database import Database
 
 metadata_obj = sa.MetaData()
 
@@ -108,24 +109,6 @@ def utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def make_engine(url: str, **options: Any) -> AsyncEngine:
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
-
-        @sa.event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
-    # a database host that drops packets must cost seconds, not the kernel's minutes
-    connect_args = {} if "connect_timeout" in url else {"connect_timeout": 5}
-    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args, **options)
-
-
 def _row_to_upload(row: sa.Row[Any]) -> Upload:
     return Upload(
         id=row.id,
@@ -153,8 +136,12 @@ def decode_metadata(text: str | None) -> dict[str, bytes | None]:
 
 
 class Repository:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    """The state database behind core.ports.Repository: each call is one trip to a database
+    worker thread (see database.py)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._sql = _Statements()
 
     async def insert(
         self,
@@ -164,9 +151,104 @@ class Repository:
         now: datetime | None = None,
         layout: Layout = EMPTY_LAYOUT,
     ) -> None:
+        return await self.database.run(self._sql.insert, upload, metadata, partial_ids, now, layout)
+
+    async def get(self, upload_id: str) -> Upload | None:
+        return await self.database.run(self._sql.get, upload_id)
+
+    async def get_many(self, upload_ids: Sequence[str]) -> dict[str, Upload]:
+        return await self.database.run(self._sql.get_many, upload_ids)
+
+    async def metadata(self, upload_id: str) -> dict[str, bytes | None]:
+        return await self.database.run(self._sql.metadata, upload_id)
+
+    async def transition(
+        self,
+        old: Upload,
+        *,
+        status: UploadStatus,
+        offset: int | None = None,
+        length: int | None = None,
+        expires_at: datetime | None = None,
+        now: datetime | None = None,
+        layout: Layout | None = None,
+        new_parts: Sequence[Part] = (),
+    ) -> Upload | None:
+        """Move `old` to its next state; None when the stored record is no longer `old`."""
+        return await self.database.run(
+            self._sql.transition,
+            old,
+            status=status,
+            offset=offset,
+            length=length,
+            expires_at=expires_at,
+            now=now,
+            layout=layout,
+            new_parts=new_parts,
+        )
+
+    async def layout(self, upload_id: str) -> Layout:
+        """Where the store keeps this upload's bytes (S3: key, multipart id, fragments)."""
+        return await self.database.run(self._sql.layout, upload_id)
+
+    async def save_layout(self, upload_id: str, layout: Layout) -> None:
+        """Record a layout change that moves no offset (an object assembled, say)."""
+        return await self.database.run(self._sql.save_layout, upload_id, layout)
+
+    async def parts(self, upload_id: str) -> list[Part]:
+        return await self.database.run(self._sql.parts, upload_id)
+
+    async def unassembled(self, limit: int = 100) -> list[str]:
+        """Finished uploads whose object is not whole yet (their assembly failed)."""
+        return await self.database.run(self._sql.unassembled, limit)
+
+    async def live_handles(self, handles: Sequence[str]) -> set[str]:
+        """Which of these multipart upload ids belong to an upload we still keep."""
+        return await self.database.run(self._sql.live_handles, handles)
+
+    async def kept(self, upload_ids: Sequence[str]) -> set[str]:
+        """Which of these uploads still have bytes we keep (not terminated, expired, unknown)."""
+        return await self.database.run(self._sql.kept, upload_ids)
+
+    async def receiving(self, upload_ids: Sequence[str]) -> set[str]:
+        """Which of these uploads are still receiving bytes (and so may own fragments)."""
+        return await self.database.run(self._sql.receiving, upload_ids)
+
+    async def delete(self, upload_id: str) -> None:
+        """Forget an upload entirely (only for one whose creation failed)."""
+        return await self.database.run(self._sql.delete, upload_id)
+
+    async def partial_ids(self, final_id: str) -> list[str]:
+        return await self.database.run(self._sql.partial_ids, final_id)
+
+    async def finals_waiting_on(self, partial_id: str) -> list[str]:
+        return await self.database.run(self._sql.finals_waiting_on, partial_id)
+
+    async def expired(
+        self, now: datetime, idle_since: datetime | None = None, limit: int = 500
+    ) -> list[Upload]:
+        """Unfinished uploads past their deadline, or (idle_since) not touched since then."""
+        return await self.database.run(self._sql.expired, now, idle_since, limit)
+
+
+class _Statements:
+    """The repository's work, as plain synchronous SQLAlchemy Core on one connection.
+
+    Each method runs whole on a database worker thread (see database.py); writes open
+    their own transaction, reads end with the connection's return to the pool."""
+
+    def insert(
+        self,
+        conn: sa.Connection,
+        upload: Upload,
+        metadata: dict[str, bytes | None],
+        partial_ids: Sequence[str] = (),
+        now: datetime | None = None,
+        layout: Layout = EMPTY_LAYOUT,
+    ) -> None:
         now = now or datetime.now(UTC)
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        with conn.begin():
+            conn.execute(
                 uploads.insert().values(
                     storage_key=layout.key,
                     backend_handle=layout.handle,
@@ -186,7 +268,7 @@ class Repository:
                 )
             )
             if partial_ids:
-                await conn.execute(
+                conn.execute(
                     upload_concat.insert(),
                     [
                         {"final_id": upload.id, "position": i, "partial_id": p}
@@ -194,25 +276,21 @@ class Repository:
                     ],
                 )
 
-    async def get(self, upload_id: str) -> Upload | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(uploads).where(uploads.c.id == upload_id))).first()
+    def get(self, conn: sa.Connection, upload_id: str) -> Upload | None:
+        row = (conn.execute(sa.select(uploads).where(uploads.c.id == upload_id))).first()
         return _row_to_upload(row) if row else None
 
-    async def get_many(self, upload_ids: Sequence[str]) -> dict[str, Upload]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(sa.select(uploads).where(uploads.c.id.in_(set(upload_ids))))
-            return {row.id: _row_to_upload(row) for row in rows}
+    def get_many(self, conn: sa.Connection, upload_ids: Sequence[str]) -> dict[str, Upload]:
+        rows = conn.execute(sa.select(uploads).where(uploads.c.id.in_(set(upload_ids))))
+        return {row.id: _row_to_upload(row) for row in rows}
 
-    async def metadata(self, upload_id: str) -> dict[str, bytes | None]:
-        async with self.engine.connect() as conn:
-            text = await conn.scalar(
-                sa.select(uploads.c.metadata_json).where(uploads.c.id == upload_id)
-            )
+    def metadata(self, conn: sa.Connection, upload_id: str) -> dict[str, bytes | None]:
+        text = conn.scalar(sa.select(uploads.c.metadata_json).where(uploads.c.id == upload_id))
         return decode_metadata(text)
 
-    async def transition(
+    def transition(
         self,
+        conn: sa.Connection,
         old: Upload,
         *,
         status: UploadStatus,
@@ -252,8 +330,8 @@ class Repository:
         if layout is not None:
             values.update(_layout_columns(layout))
         try:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
+            with conn.begin():
+                result = conn.execute(
                     uploads.update()
                     .where(
                         uploads.c.id == old.id,
@@ -266,7 +344,7 @@ class Repository:
                 if result.rowcount != 1:
                     raise _LostRace
                 if new_parts:
-                    await conn.execute(
+                    conn.execute(
                         upload_parts.insert(),
                         [
                             {
@@ -281,150 +359,146 @@ class Repository:
                         ],
                     )
                 if layout is not None:
-                    await _replace_fragments(conn, old.id, layout.fragments)
+                    _replace_fragments(conn, old.id, layout.fragments)
         except _LostRace:
             return None
         return new
 
-    async def layout(self, upload_id: str) -> Layout:
+    def layout(self, conn: sa.Connection, upload_id: str) -> Layout:
         """Where the store keeps this upload's bytes (S3: key, multipart id, fragments)."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(
-                        uploads.c.storage_key, uploads.c.backend_handle, uploads.c.part_size
-                    ).where(uploads.c.id == upload_id)
-                )
-            ).first()
-            if row is None:
-                return EMPTY_LAYOUT
-            fragments = await conn.execute(
-                sa.select(upload_fragments)
-                .where(upload_fragments.c.upload_id == upload_id)
-                .order_by(upload_fragments.c.offset)
+        row = (
+            conn.execute(
+                sa.select(
+                    uploads.c.storage_key, uploads.c.backend_handle, uploads.c.part_size
+                ).where(uploads.c.id == upload_id)
             )
-            return Layout(
-                key=row.storage_key,
-                handle=row.backend_handle,
-                part_size=row.part_size,
-                fragments=tuple(Fragment(f.offset, f.size, f.key, f.checksum) for f in fragments),
-            )
+        ).first()
+        if row is None:
+            return EMPTY_LAYOUT
+        fragments = conn.execute(
+            sa.select(upload_fragments)
+            .where(upload_fragments.c.upload_id == upload_id)
+            .order_by(upload_fragments.c.offset)
+        )
+        return Layout(
+            key=row.storage_key,
+            handle=row.backend_handle,
+            part_size=row.part_size,
+            fragments=tuple(Fragment(f.offset, f.size, f.key, f.checksum) for f in fragments),
+        )
 
-    async def save_layout(self, upload_id: str, layout: Layout) -> None:
+    def save_layout(self, conn: sa.Connection, upload_id: str, layout: Layout) -> None:
         """Record a layout change that moves no offset (an object assembled, say)."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        with conn.begin():
+            conn.execute(
                 uploads.update().where(uploads.c.id == upload_id).values(**_layout_columns(layout))
             )
-            await _replace_fragments(conn, upload_id, layout.fragments)
+            _replace_fragments(conn, upload_id, layout.fragments)
             if layout.handle is None:
                 # the object is whole: its parts are history
-                await conn.execute(
-                    upload_parts.delete().where(upload_parts.c.upload_id == upload_id)
-                )
+                conn.execute(upload_parts.delete().where(upload_parts.c.upload_id == upload_id))
 
-    async def parts(self, upload_id: str) -> list[Part]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(upload_parts)
-                .where(upload_parts.c.upload_id == upload_id)
-                .order_by(upload_parts.c.number)
-            )
-            return [Part(r.number, r.size, r.etag, r.checksum, r.sha256) for r in rows]
+    def parts(self, conn: sa.Connection, upload_id: str) -> list[Part]:
+        rows = conn.execute(
+            sa.select(upload_parts)
+            .where(upload_parts.c.upload_id == upload_id)
+            .order_by(upload_parts.c.number)
+        )
+        return [Part(r.number, r.size, r.etag, r.checksum, r.sha256) for r in rows]
 
-    async def unassembled(self, limit: int = 100) -> list[str]:
+    def unassembled(self, conn: sa.Connection, limit: int = 100) -> list[str]:
         """Finished uploads whose object is not whole yet (their assembly failed)."""
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(uploads.c.id)
-                .where(
-                    uploads.c.status == UploadStatus.FINISHED.value,
-                    uploads.c.backend_handle.is_not(None),
-                )
-                .limit(limit)
+        rows = conn.execute(
+            sa.select(uploads.c.id)
+            .where(
+                uploads.c.status == UploadStatus.FINISHED.value,
+                uploads.c.backend_handle.is_not(None),
             )
-            return [row.id for row in rows]
+            .limit(limit)
+        )
+        return [row.id for row in rows]
 
-    async def live_handles(self, handles: Sequence[str]) -> set[str]:
+    def live_handles(self, conn: sa.Connection, handles: Sequence[str]) -> set[str]:
         """Which of these multipart upload ids belong to an upload we still keep."""
-        return await self._matching(uploads.c.backend_handle, handles, KEPT_STATUSES)
+        return self._matching(conn, uploads.c.backend_handle, handles, KEPT_STATUSES)
 
-    async def kept(self, upload_ids: Sequence[str]) -> set[str]:
+    def kept(self, conn: sa.Connection, upload_ids: Sequence[str]) -> set[str]:
         """Which of these uploads still have bytes we keep (not terminated, expired, unknown)."""
-        return await self._matching(uploads.c.id, upload_ids, KEPT_STATUSES)
+        return self._matching(conn, uploads.c.id, upload_ids, KEPT_STATUSES)
 
-    async def _matching(
-        self, column: sa.Column[Any], values: Sequence[str], statuses: Sequence[UploadStatus]
+    def _matching(
+        self,
+        conn: sa.Connection,
+        column: sa.Column[Any],
+        values: Sequence[str],
+        statuses: Sequence[UploadStatus],
     ) -> set[str]:
         """Which of `values` (of `column`) belong to an upload in one of `statuses`."""
         found: set[str] = set()
         values = list(values)
-        async with self.engine.connect() as conn:
-            for start in range(0, len(values), 500):
-                rows = await conn.execute(
-                    sa.select(column).where(
-                        column.in_(values[start : start + 500]),
-                        uploads.c.status.in_([status.value for status in statuses]),
-                    )
+        for start in range(0, len(values), 500):
+            rows = conn.execute(
+                sa.select(column).where(
+                    column.in_(values[start : start + 500]),
+                    uploads.c.status.in_([status.value for status in statuses]),
                 )
-                found.update(row[0] for row in rows)
+            )
+            found.update(row[0] for row in rows)
         return found
 
-    async def receiving(self, upload_ids: Sequence[str]) -> set[str]:
+    def receiving(self, conn: sa.Connection, upload_ids: Sequence[str]) -> set[str]:
         """Which of these uploads are still receiving bytes (and so may own fragments)."""
-        return await self._matching(uploads.c.id, upload_ids, (UploadStatus.RECEIVING,))
+        return self._matching(conn, uploads.c.id, upload_ids, (UploadStatus.RECEIVING,))
 
-    async def delete(self, upload_id: str) -> None:
+    def delete(self, conn: sa.Connection, upload_id: str) -> None:
         """Forget an upload entirely (only for one whose creation failed)."""
-        async with self.engine.begin() as conn:
-            await conn.execute(upload_parts.delete().where(upload_parts.c.upload_id == upload_id))
-            await conn.execute(
-                upload_fragments.delete().where(upload_fragments.c.upload_id == upload_id)
-            )
-            await conn.execute(upload_concat.delete().where(upload_concat.c.final_id == upload_id))
-            await conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+        with conn.begin():
+            conn.execute(upload_parts.delete().where(upload_parts.c.upload_id == upload_id))
+            conn.execute(upload_fragments.delete().where(upload_fragments.c.upload_id == upload_id))
+            conn.execute(upload_concat.delete().where(upload_concat.c.final_id == upload_id))
+            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
 
-    async def partial_ids(self, final_id: str) -> list[str]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(upload_concat.c.partial_id)
-                .where(upload_concat.c.final_id == final_id)
-                .order_by(upload_concat.c.position)
-            )
-            return [row.partial_id for row in rows]
+    def partial_ids(self, conn: sa.Connection, final_id: str) -> list[str]:
+        rows = conn.execute(
+            sa.select(upload_concat.c.partial_id)
+            .where(upload_concat.c.final_id == final_id)
+            .order_by(upload_concat.c.position)
+        )
+        return [row.partial_id for row in rows]
 
-    async def finals_waiting_on(self, partial_id: str) -> list[str]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(upload_concat.c.final_id)
-                .distinct()
-                .join(uploads, uploads.c.id == upload_concat.c.final_id)
-                .where(
-                    upload_concat.c.partial_id == partial_id,
-                    uploads.c.status == UploadStatus.CONCATENATING.value,
-                )
+    def finals_waiting_on(self, conn: sa.Connection, partial_id: str) -> list[str]:
+        rows = conn.execute(
+            sa.select(upload_concat.c.final_id)
+            .distinct()
+            .join(uploads, uploads.c.id == upload_concat.c.final_id)
+            .where(
+                upload_concat.c.partial_id == partial_id,
+                uploads.c.status == UploadStatus.CONCATENATING.value,
             )
-            return [row.final_id for row in rows]
+        )
+        return [row.final_id for row in rows]
 
-    async def expired(
-        self, now: datetime, idle_since: datetime | None = None, limit: int = 500
+    def expired(
+        self,
+        conn: sa.Connection,
+        now: datetime,
+        idle_since: datetime | None = None,
+        limit: int = 500,
     ) -> list[Upload]:
-        """Unfinished uploads past their deadline, or (idle_since) not touched since then."""
         due = sa.and_(uploads.c.expires_at.is_not(None), uploads.c.expires_at <= now)
         if idle_since is not None:
             due = sa.or_(due, uploads.c.updated_at <= idle_since)
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(uploads)
-                .where(
-                    uploads.c.status.in_(
-                        [UploadStatus.RECEIVING.value, UploadStatus.CONCATENATING.value]
-                    ),
-                    due,
-                )
-                .limit(limit)
+        rows = conn.execute(
+            sa.select(uploads)
+            .where(
+                uploads.c.status.in_(
+                    [UploadStatus.RECEIVING.value, UploadStatus.CONCATENATING.value]
+                ),
+                due,
             )
-            return [_row_to_upload(row) for row in rows]
+            .limit(limit)
+        )
+        return [_row_to_upload(row) for row in rows]
 
 
 def _layout_columns(layout: Layout) -> dict[str, Any]:
@@ -435,10 +509,10 @@ def _layout_columns(layout: Layout) -> dict[str, Any]:
     }
 
 
-async def _replace_fragments(conn: Any, upload_id: str, fragments: Sequence[Fragment]) -> None:
-    await conn.execute(upload_fragments.delete().where(upload_fragments.c.upload_id == upload_id))
+def _replace_fragments(conn: sa.Connection, upload_id: str, fragments: Sequence[Fragment]) -> None:
+    conn.execute(upload_fragments.delete().where(upload_fragments.c.upload_id == upload_id))
     if fragments:
-        await conn.execute(
+        conn.execute(
             upload_fragments.insert(),
             [
                 {
