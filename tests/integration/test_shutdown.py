@@ -7,12 +7,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import TUS, ServerProcess
+from tests.conftest import TUS, PostgresDatabases, ServerProcess, missing_service
 from tests.integration._wire import OCTET, RawConnection, create, offset_of, path_of, payload
+from tests.integration.test_many_instances import REDIS_URL, redis_reachable
 
 pytestmark = pytest.mark.s3_too
 
@@ -99,3 +101,29 @@ def test_sigterm_mid_upload_answers_in_flight_patches_and_exits_0(
             )
             assert rest.status_code == 204, rest.text
             assert client.get(url).content == data
+
+
+def test_sigterm_stops_every_worker_process_and_exits_0(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    if not redis_reachable(REDIS_URL):
+        missing_service(f"Redis not reachable at {REDIS_URL}")
+    import psutil
+
+    server = ServerProcess(
+        tmp_path / "data",
+        postgres_databases.create(),
+        ["--workers", "2", "--redis-url", REDIS_URL, "--shutdown-timeout", "3"],
+    )
+    server.data_dir.mkdir(parents=True)
+    server.start()
+    assert server.process is not None
+    family = psutil.Process(server.process.pid).children(recursive=True)
+    assert len(family) >= 2  # the workers
+    with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as client:
+        url = create(client, 3)
+        assert client.patch(url, headers={**OCTET, "Upload-Offset": "0"}, content=b"abc").is_success
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=20) == 0
+    _, alive = psutil.wait_procs(family, timeout=10)
+    assert alive == [], f"worker processes left running: {alive}"

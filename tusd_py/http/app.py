@@ -22,7 +22,7 @@ from . import fasthttp
 from .cors import CORSMiddleware
 from .endpoints import TusHandlers
 from .metrics import RequestMetrics, metrics_endpoint
-from .shutdown import exit_quietly, on_exit_signal
+from .shutdown import on_exit_signal
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
 
@@ -112,7 +112,6 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
 def app_from_environment() -> Starlette:
     """The application of one worker process of `serve --workers N`."""
     settings = settings_from_environment()
-    exit_quietly()  # a worker process ends with 0 after its graceful shutdown
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
