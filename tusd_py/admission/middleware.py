@@ -181,6 +181,7 @@ async def _send_refusal(
     """The project's error answer (as http.endpoints.error_response makes it): `CODE:
     sentence` as text, or JSON when asked, no body for HEAD; Tus-Resumable, Retry-After."""
     error = refusal.error
+    scope["tusd_py.error_code"] = error.code  # for tusd_errors_total (http/metrics.py)
     if scope["method"] == "HEAD":
         body, media_type = b"", None
     elif b"application/json" in headers.get(b"accept", b""):
