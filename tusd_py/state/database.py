@@ -1,22 +1,25 @@
-"""The state database: a synchronous SQLAlchemy engine driven from a few worker threads.
+"""The state database: where each repository call runs, and how long it may wait.
 
-Why not SQLAlchemy's asyncio engine: it pays a thread hop (aiosqlite) or a greenlet switch
-per statement, plus the async adaptation of every call; measured on SQLite, an insert, a
-guarded update and a read cost 530-660 us of CPU each that way, against about 120 us when
-a whole repository call runs as plain synchronous code in one thread hop. So each
-repository call is one function that runs on a worker thread with its own connection.
+Every repository call (state/sql.py) is one plain synchronous function of a SQLAlchemy
+Connection. This module runs those functions:
 
-- SQLite gets ONE worker thread and one connection: the only writer, so writers never
-  wait on each other's file lock (and its busy-sleeps); WAL keeps reads cheap.
-- PostgreSQL gets `pool_size + max_overflow` workers; each call takes a connection from a
-  pool of `pool_size` kept connections, with `max_overflow` more opened under load (and
-  closed when returned), so a call never waits inside the pool.
+- SQLite: on ONE worker thread with one connection. It is the only writer, so writers
+  never wait on each other's file lock (and its busy-sleeps), and a whole call is one
+  thread hop. SQLAlchemy's asyncio engine over aiosqlite pays a thread hop per statement
+  plus the async adaptation: measured, an insert, a guarded update and a read cost
+  530-660 us of CPU each that way, about 120 us this way.
+- PostgreSQL: through SQLAlchemy's asyncio engine (psycopg's async driver), the function
+  run with `run_sync` on a pooled connection. Worker threads were tried here too and lost:
+  at 1,000 concurrent uploads, dozens of threads doing CPU-bound statement work starved
+  the event loop of the GIL.
 
-A call waits in a FIFO queue for a free worker: that is how requests queue for
-connections under load instead of failing. The wait has a deadline (`queue_timeout`);
-past it the call raises sqlalchemy.exc.TimeoutError (a 503 with Retry-After), so a
-request never waits without an answer. A request holds a connection only while its
-statements run, never across a body, a lock wait or a network call.
+Every call waits at most `queue_timeout` for its turn (a free worker or a pooled
+connection), FIFO, and then raises sqlalchemy.exc.TimeoutError, which the HTTP layer
+answers with 503 and Retry-After: requests queue for connections under load instead of
+failing, and never wait without an answer. PostgreSQL statements end after
+STATEMENT_TIMEOUT (a row lock held elsewhere, a database that went quiet). A request holds
+a connection only while its statements run, never across a body, a lock wait or a
+network call.
 """
 
 from __future__ import annotations
@@ -32,17 +35,17 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import TimeoutError as QueueTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 T = TypeVar("T")
 
-#: seconds one statement may run (PostgreSQL's statement_timeout): a call stuck on a lock
-#: or a database that went quiet ends with an error, never holds its worker for good
+#: seconds one PostgreSQL statement may run (statement_timeout)
 STATEMENT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
 class DatabaseLoad:
-    """How busy the database workers are (for /metrics)."""
+    """How busy the database is (for /metrics)."""
 
     #: connections kept open
     size: int
@@ -50,44 +53,44 @@ class DatabaseLoad:
     overflow: int
     #: calls running now (each holds a connection)
     busy: int
-    #: calls waiting for a free worker
+    #: calls waiting for their turn
     waiting: int
 
 
 def sync_url(url: str) -> str:
-    """Our async URLs (sqlite+aiosqlite, postgresql+psycopg) as synchronous drivers."""
+    """Our URLs with the synchronous SQLite driver (pysqlite) for the worker thread."""
     return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
 
 
-def create_engine(url: str, pool_size: int = 1, max_overflow: int = 0) -> sa.Engine:
-    url = sync_url(url)
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(
-            url,
-            poolclass=sa.pool.QueuePool,
-            pool_size=1,
-            max_overflow=0,
-            connect_args={"timeout": 30, "check_same_thread": False},
-        )
+def _sqlite_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(
+        sync_url(url),
+        poolclass=sa.pool.QueuePool,
+        pool_size=1,
+        max_overflow=0,
+        connect_args={"timeout": 30, "check_same_thread": False},
+    )
 
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
 
-        return engine
+    return engine
+
+
+def _postgres_engine(url: str, pool_size: int, max_overflow: int, timeout: float) -> AsyncEngine:
     # a database host that drops packets must cost seconds, not the kernel's minutes
     connect_args: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": 5}
     connect_args["options"] = f"-c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
-    return sa.create_engine(
+    return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        # there are never more workers than connections: a checkout does not wait
-        pool_timeout=5,
+        pool_timeout=timeout,
         # a broken connection fails one call and is replaced: no round trip per checkout
         pool_pre_ping=False,
         connect_args=connect_args,
@@ -100,27 +103,69 @@ class Database:
     ) -> None:
         self.url = url
         self.is_sqlite = sync_url(url).startswith("sqlite")
-        if self.is_sqlite:
-            pool_size, max_overflow = 1, 0  # one writer
-        self.threads = pool_size + max_overflow
         self.queue_timeout = queue_timeout
-        self.engine = create_engine(url, pool_size, max_overflow)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.threads, thread_name_prefix="tusd-db"
-        )
         self._busy = 0
         self._waiting = 0
         self._counts = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._engine: sa.Engine | None = None
+        self._async_engine: AsyncEngine | None = None
+        if self.is_sqlite:
+            self._engine = _sqlite_engine(url)
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="tusd-sqlite"
+            )
+        else:
+            self._async_engine = _postgres_engine(url, pool_size, max_overflow, queue_timeout)
+
+    @property
+    def pool(self) -> Any:
+        if self._engine is not None:
+            return self._engine.pool
+        assert self._async_engine is not None
+        return self._async_engine.sync_engine.pool
 
     def load(self) -> DatabaseLoad:
-        pool: Any = self.engine.pool
+        pool = self.pool
         return DatabaseLoad(pool.size(), max(pool.overflow(), 0), self._busy, self._waiting)
 
     async def run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`work(connection, *args, **kwargs)` on a worker thread: its result, or its
-        exception. A call that has not started within queue_timeout is dropped (and raises
-        QueueTimeout); one that has started runs to its end (a statement deadline bounds
-        it, see create_engine)."""
+        """`work(connection, *args, **kwargs)` with a connection of its own: its result, or
+        its exception (QueueTimeout when its turn did not come within queue_timeout)."""
+        if self._async_engine is not None:
+            return await self._run_async(self._async_engine, work, args, kwargs)
+        return await self._run_in_thread(work, args, kwargs)
+
+    async def _run_async(
+        self,
+        engine: AsyncEngine,
+        work: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        with self._counts:
+            self._waiting += 1
+        waiting = True
+        try:
+            async with engine.connect() as connection:  # waits at most pool_timeout
+                with self._counts:
+                    self._waiting -= 1
+                    self._busy += 1
+                waiting = False
+                try:
+                    return await connection.run_sync(work, *args, **kwargs)
+                finally:
+                    with self._counts:
+                        self._busy -= 1
+        finally:
+            if waiting:
+                with self._counts:
+                    self._waiting -= 1
+
+    async def _run_in_thread(
+        self, work: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        assert self._executor is not None
         enqueued = time.monotonic()
         with self._counts:
             self._waiting += 1
@@ -131,13 +176,10 @@ class Database:
             if future.cancel():  # still queued: it never runs
                 with self._counts:
                     self._waiting -= 1
-                waiting.cancel()
                 raise QueueTimeout(
-                    f"Waited {self.queue_timeout:g} s for a database connection; retry shortly."
+                    f"Waited {self.queue_timeout:g} s for the database; retry shortly."
                 )
-            done, _ = await asyncio.wait({waiting}, timeout=STATEMENT_TIMEOUT + 5)
-            if not done:  # the database stopped answering and no socket noticed
-                raise QueueTimeout("The state database did not answer in time.")
+            await asyncio.wait({waiting})  # running: SQLite's busy timeout bounds it
         return waiting.result()
 
     def _call(
@@ -147,16 +189,15 @@ class Database:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> T:
+        assert self._engine is not None
         with self._counts:
             self._waiting -= 1
             self._busy += 1
         try:
             waited = time.monotonic() - enqueued
             if waited > self.queue_timeout:
-                raise QueueTimeout(
-                    f"Waited {waited:.1f} s for a database connection; retry shortly."
-                )
-            with self.engine.connect() as connection:
+                raise QueueTimeout(f"Waited {waited:.1f} s for the database; retry shortly.")
+            with self._engine.connect() as connection:
                 return work(connection, *args, **kwargs)
         finally:
             with self._counts:
@@ -166,9 +207,13 @@ class Database:
         await self.run(_ping)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
-            self.engine.dispose()
+            if self._engine is not None:
+                self._engine.dispose()
+            if self._async_engine is not None:
+                await self._async_engine.dispose()
 
 
 def _ping(connection: sa.Connection) -> None:
