@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -37,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _report import error_text, git_commit, median_of  # noqa: E402
 from run import Server  # noqa: E402  (bench/run.py: start, wait for OPTIONS, stop)
 
 from tusd_py import loadgen  # noqa: E402
@@ -203,25 +202,6 @@ def peer_missing() -> str | None:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
-
-
 def measure(server: LoggedServer, workload: Workload) -> dict[str, Any]:
     server.start()
     try:
@@ -247,32 +227,23 @@ def one_line(name: str, s: dict[str, Any]) -> str:
 
 
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
-    def med(runs: list[dict[str, Any]], pick: Any) -> float:
-        values = [v for v in (pick(r) for r in runs) if v is not None]
-        return statistics.median(values) if values else float("nan")
-
-    reference = med(results[PEER], lambda r: r["uploads_per_s"]) if PEER in results else None
+    reference = median_of(results[PEER], lambda r: r["uploads_per_s"]) if PEER in results else None
     rows = [
         "| Server | uploads ok | uploads/s | ratio to @tus/server | POST p99 | PATCH p99 "
         "| errors | unanswered | peak RSS | CPU s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, runs in results.items():
-        rate = med(runs, lambda r: r["uploads_per_s"])
+        rate = median_of(runs, lambda r: r["uploads_per_s"])
         ratio = f"**{rate / reference:.2f}**" if reference else "-"
-        errors: dict[str, int] = {}
-        for r in runs:
-            for label, n in r["errors"].items():
-                errors[label] = errors.get(label, 0) + n
-        error_text = ", ".join(f"{n} x {label}" for label, n in errors.items()) or "0"
         ok = "/".join(str(r["uploads"]["ok"]) for r in runs)
         rows.append(
             f"| {NAMES[key]} | {ok} of {runs[0]['uploads']['started']} | {rate:.1f} | {ratio} "
-            f"| {med(runs, lambda r: r['requests']['POST']['p99_ms']) / 1000:.2f} s "
-            f"| {med(runs, lambda r: r['requests']['PATCH']['p99_ms']) / 1000:.2f} s "
-            f"| {error_text} | {sum(r['unanswered'] for r in runs)} "
+            f"| {median_of(runs, lambda r: r['requests']['POST']['p99_ms']) / 1000:.2f} s "
+            f"| {median_of(runs, lambda r: r['requests']['PATCH']['p99_ms']) / 1000:.2f} s "
+            f"| {error_text(runs)} | {sum(r['unanswered'] for r in runs)} "
             f"| {max((r['server'] or {}).get('peak_rss_mib', 0) for r in runs):.0f} MiB "
-            f"| {med(runs, lambda r: (r['server'] or {}).get('cpu_seconds')):.1f} |"
+            f"| {median_of(runs, lambda r: (r['server'] or {}).get('cpu_seconds')):.1f} |"
         )
     return "\n".join(rows)
 

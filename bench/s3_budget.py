@@ -26,13 +26,12 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench._report import error_text, git_commit, median_of
 from bench.s3 import S3Server, cpu_seconds, empty_buckets, rgw_pids, tus_node, tusd_py, warm_up
 from tests.s3_servers import RgwServer, free_port, start_rgw
 from tusd_py import loadgen
@@ -87,44 +86,26 @@ def one_line(name: str, s: dict[str, Any]) -> str:
 
 
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
-    def med(runs: list[dict[str, Any]], pick: Any) -> float:
-        values = [v for v in (pick(r) for r in runs) if v is not None]
-        return statistics.median(values) if values else float("nan")
-
-    reference = med(results[PEER], lambda r: r["uploads_per_s"]) if PEER in results else None
+    reference = median_of(results[PEER], lambda r: r["uploads_per_s"]) if PEER in results else None
     rows = [
         "| Server | uploads ok | uploads/s | ratio to @tus/s3-store | PATCH p50 / p99 "
         "| errors | unanswered | peak RSS | CPU s | gateway CPU s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in results.items():
-        rate = med(runs, lambda r: r["uploads_per_s"])
+        rate = median_of(runs, lambda r: r["uploads_per_s"])
         ratio = f"**{rate / reference:.2f}**" if reference else "-"
-        errors: dict[str, int] = {}
-        for r in runs:
-            for label, n in r["errors"].items():
-                errors[label] = errors.get(label, 0) + n
-        error_text = ", ".join(f"{n} x {label}" for label, n in errors.items()) or "0"
         ok = "/".join(str(r["uploads"]["ok"]) for r in runs)
         rows.append(
             f"| {name} | {ok} of {runs[0]['uploads']['started']} | {rate:.1f} | {ratio} "
-            f"| {med(runs, lambda r: r['requests']['PATCH']['p50_ms']) / 1000:.1f} s / "
-            f"{med(runs, lambda r: r['requests']['PATCH']['p99_ms']) / 1000:.1f} s "
-            f"| {error_text} | {sum(r['unanswered'] for r in runs)} "
+            f"| {median_of(runs, lambda r: r['requests']['PATCH']['p50_ms']) / 1000:.1f} s / "
+            f"{median_of(runs, lambda r: r['requests']['PATCH']['p99_ms']) / 1000:.1f} s "
+            f"| {error_text(runs)} | {sum(r['unanswered'] for r in runs)} "
             f"| {max((r['server'] or {}).get('peak_rss_mib', 0) for r in runs):.0f} MiB "
-            f"| {med(runs, lambda r: (r['server'] or {}).get('cpu_seconds')):.1f} "
-            f"| {med(runs, lambda r: r['gateway_cpu_seconds']):.1f} |"
+            f"| {median_of(runs, lambda r: (r['server'] or {}).get('cpu_seconds')):.1f} "
+            f"| {median_of(runs, lambda r: r['gateway_cpu_seconds']):.1f} |"
         )
     return "\n".join(rows)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
 
 
 def main() -> int:
