@@ -824,21 +824,16 @@ def environment_values(
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept plain postgresql:// and sqlite:// URLs; use the async drivers we ship."""
-    for plain, driver in (
+    """The drivers we ship: psycopg for PostgreSQL (plain postgresql:// accepted), Python's
+    sqlite3 for SQLite (an older sqlite+aiosqlite:// URL is accepted and means the same)."""
+    for given, driver in (
         ("postgresql://", "postgresql+psycopg://"),
         ("postgres://", "postgresql+psycopg://"),
-        ("sqlite://", "sqlite+aiosqlite://"),
+        ("sqlite+aiosqlite://", "sqlite://"),
     ):
-        if url.startswith(plain):
-            return driver + url[len(plain) :]
+        if url.startswith(given):
+            return driver + url[len(given) :]
     return url
-
-
-def sync_database_url(url: str) -> str:
-    """The same database through a synchronous driver (Alembic runs synchronously)."""
-    url = normalize_database_url(url)
-    return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
 
 
 # --- settings for the worker processes of `serve --workers N` --------------------------------

@@ -37,6 +37,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import TimeoutError as QueueTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ..config import normalize_database_url
+
 T = TypeVar("T")
 
 #: seconds one PostgreSQL statement may run (statement_timeout)
@@ -57,14 +59,9 @@ class DatabaseLoad:
     waiting: int
 
 
-def sync_url(url: str) -> str:
-    """Our URLs with the synchronous SQLite driver (pysqlite) for the worker thread."""
-    return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
-
-
 def _sqlite_engine(url: str) -> sa.Engine:
     engine = sa.create_engine(
-        sync_url(url),
+        normalize_database_url(url),
         poolclass=sa.pool.QueuePool,
         pool_size=1,
         max_overflow=0,
@@ -87,7 +84,7 @@ def _postgres_engine(url: str, pool_size: int, max_overflow: int, timeout: float
     connect_args: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": 5}
     connect_args["options"] = f"-c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
     return create_async_engine(
-        url,
+        normalize_database_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=timeout,
@@ -102,7 +99,7 @@ class Database:
         self, url: str, pool_size: int = 1, max_overflow: int = 0, queue_timeout: float = 30.0
     ) -> None:
         self.url = url
-        self.is_sqlite = sync_url(url).startswith("sqlite")
+        self.is_sqlite = normalize_database_url(url).startswith("sqlite")
         self.queue_timeout = queue_timeout
         self._busy = 0
         self._waiting = 0

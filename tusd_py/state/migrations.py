@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from ..config import sync_database_url
+from ..config import normalize_database_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -44,7 +44,7 @@ def head_revisions() -> set[str]:
 
 
 def current_revisions(database_url: str) -> set[str]:
-    engine = sa.create_engine(sync_database_url(database_url))
+    engine = sa.create_engine(normalize_database_url(database_url))
     try:
         with engine.connect() as connection:
             if not sa.inspect(connection).has_table("alembic_version"):
@@ -63,7 +63,7 @@ def upgrade(database_url: str) -> None:
     from alembic import command
 
     config = _config()
-    engine = sa.create_engine(sync_database_url(database_url))
+    engine = sa.create_engine(normalize_database_url(database_url))
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
