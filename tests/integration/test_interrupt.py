@@ -329,3 +329,19 @@ def test_storage_failure_answers_5xx_and_keeps_the_offset(
         path.write_bytes(saved)
     upload_all(client, url, data, offset=400)
     assert client.get(url).content == data
+
+
+def test_a_request_head_slower_than_the_header_timeout_gets_408(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """--header-timeout reaches the server's protocol (slow loris: the head never ends)."""
+    server = server_factory(extra_args=["--header-timeout", "1"])
+    with RawConnection(server, timeout=15) as connection:
+        started = time.monotonic()
+        connection.send(b"PATCH /files/x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpload-Off")
+        response = connection.read_response()
+        elapsed = time.monotonic() - started
+    assert response.status == 408
+    assert response.headers["connection"] == "close"
+    assert response.body.startswith(b"ERR_REQUEST_TIMEOUT:")
+    assert 0.8 < elapsed < 6

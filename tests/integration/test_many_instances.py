@@ -386,6 +386,35 @@ def test_an_exhausted_database_pool_answers_503_within_its_timeout(
         server.stop()
 
 
+def test_requests_queue_for_a_small_pool_instead_of_failing(
+    postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """Issue 9: more concurrent requests than database connections wait their turn (within
+    --db-pool-timeout) and all succeed."""
+    database = postgres_databases.create()
+    pool = ["--db-pool-size", "1", "--db-max-overflow", "0", "--db-pool-timeout", "20"]
+    server = ServerProcess(tmp_path / "data", database, pool)
+    server.data_dir.mkdir(parents=True)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.base_url, headers=TUS, timeout=60) as http:
+            urls = [create(http, 10) for _ in range(30)]
+        results: list[int] = []
+
+        def upload(url: str) -> None:
+            with httpx.Client(headers=TUS, timeout=60) as own:
+                results.append(patch(own, url, 0, b"0123456789").status_code)
+
+        threads = [threading.Thread(target=upload, args=(url,)) for url in urls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert results == [204] * 30
+    finally:
+        server.stop()
+
+
 def test_workers_need_redis(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tusd_py", "serve", "--data-dir", str(tmp_path), "--workers", "2"],
