@@ -8,6 +8,7 @@ two RedisLocks objects with their own clients stand for two server instances.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -417,6 +418,49 @@ def test_lock_renewal_notices_a_stolen_lock_and_asks_to_stop(redis_url: str, pre
                 # renewals come every lease/3
                 assert now() - stolen < 0.3
             assert await client.get(key) == b"thief"
+
+    run(main)
+
+
+def test_lock_release_and_stop_never_wait_for_a_renewal_that_hangs(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal round trip hangs, and turns its cancellation into a Redis error (as
+    redis-py's pool wait can): a request still releases its lock at once, and stop() ends.
+    Once a request awaited a renewal task of its own that never ended."""
+
+    async def hanging_renewal() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise redis.ConnectionError("No connection available.") from None
+
+    async def main() -> None:
+        async with instances(redis_url, prefix, count=1, lease_seconds=0.3) as (client, [a]):
+            monkeypatch.setattr(a, "_renew_all", hanging_renewal)
+            async with asyncio.timeout(2):
+                async with a.hold(ID):
+                    await asyncio.sleep(0.3)  # the renewal has started and hangs
+                assert await client.exists(a.key(ID)) == 0
+                await a.stop()
+
+    run(main)
+
+
+def test_lock_renewal_keeps_every_lock_of_the_process(redis_url: str, prefix: str) -> None:
+    ids = [f"{ID}{n:04d}" for n in range(50)]
+
+    async def main() -> None:
+        async with instances(redis_url, prefix, count=1, lease_seconds=0.3) as (client, [a]):
+            async with contextlib.AsyncExitStack() as stack:
+                holdings = [await stack.enter_async_context(a.hold(i)) for i in ids]
+                async with a.hold("released-early-0001"):
+                    pass
+                await asyncio.sleep(1.0)  # more than three leases
+                assert all([await client.exists(a.key(i)) for i in ids])
+                assert not any(h.stop_requested for h in holdings)
+                assert await client.exists(a.key("released-early-0001")) == 0
+            assert not any([await client.exists(a.key(i)) for i in ids])
 
     run(main)
 

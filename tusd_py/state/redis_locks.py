@@ -1,9 +1,16 @@
 """RedisLocks: one holder per upload across every instance, with handover (PROTOCOL 23).
 
 Within a process, LocalLocks queues requests and hands over as before. Across processes a
-Redis key is the lock: SET NX with a lease that the holder renews while it streams, and
-released only by its holder (compare the token, then delete, in one script), so a holder
-whose lease ran out can never release its successor's lock.
+Redis key is the lock: SET NX with a lease, released only by its holder (compare the token,
+then delete, in one script), so a holder whose lease ran out can never release its
+successor's lock.
+
+Leases are renewed by ONE task per process, every lease/3, for every lock the process holds,
+in one pipelined round trip. A request never owns a renewal task: releasing a lock is
+forgetting its lease and one script call, with nothing to cancel and wait for. (A task per
+request once left a request waiting forever: redis-py turned the renewal task's
+cancellation into a connection error, the task took it for a Redis hiccup, renewed on and
+never ended, and the request awaited it.)
 
 Handover: a newcomer that finds the key taken publishes the upload id on one channel that
 every instance listens to. The instance that holds the upload asks its holder to let go
@@ -19,6 +26,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -52,6 +60,15 @@ FAST_POLL = 0.01
 SLOW_POLL = 0.1
 
 
+@dataclass
+class _Lease:
+    """A lock this process holds: its token, its holder, when Redis last confirmed it."""
+
+    token: str
+    holding: Holding
+    renewed_at: float
+
+
 class RedisLocks:
     def __init__(
         self,
@@ -70,8 +87,10 @@ class RedisLocks:
         self.local = LocalLocks(acquire_timeout)
         self._release = redis.register_script(RELEASE)
         self._renew = redis.register_script(RENEW)
-        #: the holdings of this process, by upload id (for handover requests from others)
-        self._held: dict[str, Holding] = {}
+        #: the locks this process holds, by upload id: renewed together, and found by
+        #: handover requests from other instances
+        self._leases: dict[str, _Lease] = {}
+        self._renewer: asyncio.Task[None] | None = None
         #: names this process on the handover channel: its own requests are handed over
         #: by LocalLocks, so it ignores what it published itself
         self.instance = secrets.token_hex(8)
@@ -99,6 +118,7 @@ class RedisLocks:
     # --- handover requests from other instances ---------------------------------------
 
     async def start(self) -> None:
+        self._start_renewer()
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
             with contextlib.suppress(TimeoutError):
@@ -106,11 +126,16 @@ class RedisLocks:
                     await self._listening.wait()
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        for task in (self._listener, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listener = self._renewer = None
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_forever())
 
     async def _listen(self) -> None:
         while True:
@@ -130,9 +155,9 @@ class RedisLocks:
                         data = message.get("data")
                         text = data.decode() if isinstance(data, bytes) else str(data)
                         sender, _, upload_id = text.partition(" ")
-                        holding = self._held.get(upload_id)
-                        if holding is not None and sender != self.instance:
-                            holding.request_stop()
+                        lease = self._leases.get(upload_id)
+                        if lease is not None and sender != self.instance:
+                            lease.holding.request_stop()
             except RedisError as exc:
                 self._listening.clear()
                 log.warning("handover channel lost (%s); listening again in 1 s", exc)
@@ -147,15 +172,12 @@ class RedisLocks:
         async with self.local.hold(upload_id, wait=wait) as holding:
             token = secrets.token_hex(16)
             await self._acquire(upload_id, token, wait, deadline)
-            self._held[upload_id] = holding
-            renewer = asyncio.create_task(self._keep(upload_id, token, holding))
+            self._leases[upload_id] = _Lease(token, holding, loop.time())
+            self._start_renewer()  # normally running since start(); never two
             try:
                 yield holding
             finally:
-                self._held.pop(upload_id, None)
-                renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewer
+                self._leases.pop(upload_id, None)
                 try:
                     await self._release(keys=[self.key(upload_id)], args=[token])
                 except RedisError as exc:  # the lease ends by itself
@@ -188,24 +210,48 @@ class RedisLocks:
                     headers={"Retry-After": "2"},
                 )
 
-    async def _keep(self, upload_id: str, token: str, holding: Holding) -> None:
-        """Renew the lease while the holder works; if it was lost, or cannot be renewed
-        before half of it is gone, ask the holder to stop (and save what it has) before
-        another instance may take the upload."""
-        loop = asyncio.get_running_loop()
+    async def _renew_forever(self) -> None:
+        """Every lease/3: renew every lock this process holds, in one round trip. A lock
+        found lost, or not renewed before half of its lease is gone, asks its holder to stop
+        (and save what it has) before another instance may take the upload."""
         interval = self.lease_ms / 3000
-        renewed_at = loop.time()
         while True:
             await asyncio.sleep(interval)
             try:
-                renewed = await self._renew(keys=[self.key(upload_id)], args=[token, self.lease_ms])
-            except RedisError as exc:
-                log.warning("could not renew the lock of %s: %s", upload_id, exc)
-                if loop.time() - renewed_at > self.lease_ms / 2000:
-                    holding.request_stop()
-                continue
-            renewed_at = loop.time()
-            if not renewed:
+                await self._renew_all()
+            except Exception:  # never end the renewals of every other lock...
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    return  # ...unless stop() cancelled us and the client said otherwise
+                log.exception("lock renewal failed")
+
+    async def _renew_all(self) -> None:
+        leases = list(self._leases.items())
+        if not leases:
+            return
+        loop = asyncio.get_running_loop()
+        pipe = self.redis.pipeline(transaction=False)
+        for upload_id, lease in leases:
+            await self._renew(
+                keys=[self.key(upload_id)], args=[lease.token, self.lease_ms], client=pipe
+            )
+        try:
+            async with asyncio.timeout(self.lease_ms / 3000):
+                results = await pipe.execute(raise_on_error=False)
+        except (RedisError, TimeoutError) as exc:
+            log.warning("could not renew %d lock(s): %s", len(leases), exc)
+            for _, lease in leases:
+                if loop.time() - lease.renewed_at > self.lease_ms / 2000:
+                    lease.holding.request_stop()
+            return
+        renewed_at = loop.time()
+        for (upload_id, lease), result in zip(leases, results, strict=True):
+            if self._leases.get(upload_id) is not lease:
+                continue  # released meanwhile
+            if isinstance(result, Exception):
+                log.warning("could not renew the lock of %s: %s", upload_id, result)
+            elif result:
+                lease.renewed_at = renewed_at
+            else:
                 log.warning("the lock of %s was lost; its request stops", upload_id)
-                holding.request_stop()
-                return
+                lease.holding.request_stop()
