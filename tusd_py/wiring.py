@@ -202,8 +202,15 @@ def build_service(
     cache: UploadCache
     locks: UploadLocks
     if redis is not None:
-        cache = RedisStateCache(redis, settings.cache_ttl)
-        locks = RedisLocks(redis, settings.lock_acquire_timeout, settings.lock_handover_timeout)
+        redis_cache = RedisStateCache(redis, settings.cache_ttl)
+        cache = redis_cache
+        # the lock hands each PATCH the state its last holder committed (one round trip)
+        locks = RedisLocks(
+            redis,
+            settings.lock_acquire_timeout,
+            settings.lock_handover_timeout,
+            cache=redis_cache,
+        )
     else:
         cache = StateCache(settings.cache_entries)
         locks = LocalLocks(settings.lock_acquire_timeout)

@@ -496,3 +496,52 @@ def test_lock_two_requests_in_one_process_are_serialized(redis_url: str, prefix:
             assert await client.exists(key) == 0
 
     run(main)
+
+
+def test_lock_release_writes_the_settled_state_to_the_cache(redis_url: str, prefix: str) -> None:
+    """The holder's committed state reaches the cache with the release, in one round trip,
+    whatever version the entry had (an entry that lies is repaired)."""
+
+    async def main() -> None:
+        async with instances(redis_url, prefix, count=1) as (client, [a]):
+            cache = RedisStateCache(client, prefix=prefix)
+            a.cache = cache
+            await cache.put(make(version=99, offset=77))  # ahead of the truth
+            async with a.hold(ID) as holding:
+                assert holding.keeps_state
+                holding.settled = make(version=3, offset=30)
+            assert (await cache.get(ID)) == make(version=3, offset=30)
+            assert await client.exists(a.key(ID)) == 0
+            assert 0 < await client.pttl(cache.key(ID)) <= cache.ttl_ms
+
+    run(main)
+
+
+def test_lock_release_without_a_settled_state_leaves_the_cache(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, count=1) as (client, [a]):
+            cache = RedisStateCache(client, prefix=prefix)
+            a.cache = cache
+            await cache.put(make(version=2, offset=20))
+            async with a.hold(ID) as holding:
+                holding.settled = make(version=3, offset=30)
+                holding.settled = None  # a commit whose outcome is unknown
+            assert (await cache.get(ID)) == make(version=2, offset=20)
+            assert await client.exists(a.key(ID)) == 0
+
+    run(main)
+
+
+def test_lock_lost_release_writes_nothing_to_the_cache(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, count=1) as (client, [a]):
+            cache = RedisStateCache(client, prefix=prefix)
+            a.cache = cache
+            await cache.put(make(version=5, offset=50))
+            async with a.hold(ID) as holding:
+                holding.settled = make(version=3, offset=30)
+                await client.set(a.key(ID), "successor-token")  # the lease ran out
+            assert (await cache.get(ID)) == make(version=5, offset=50)
+            assert await client.get(a.key(ID)) == b"successor-token"
+
+    run(main)

@@ -127,6 +127,13 @@ class Holding:
     stop_requested: bool = False
     #: True only while the holder awaits body bytes; then cancelling it loses nothing
     receiving: bool = False
+    #: True when the lock service writes `settled` to the cache as it releases the lock
+    #: (RedisLocks, in the same round trip): the holder need not write the cache itself
+    keeps_state: bool = False
+    #: the upload as the database has it now, known for sure (after a read or a commit by
+    #: this holder), or None (not read, terminated, or a commit whose outcome is unknown):
+    #: only a known state goes to the cache on release
+    settled: Upload | None = None
 
     def request_stop(self) -> None:
         if self.stop_requested:

@@ -102,22 +102,29 @@ class UploadService:
         except BackendUnavailable:
             held = False  # no lock service: the database's word is all there is
         if held:
-            async with self.locks.hold(upload_id):
-                upload = await self.load_for_write(upload_id)
+            async with self.locks.hold(upload_id) as holding:
+                upload = await self.load_for_write(upload_id, holding)
         else:
             upload = await self.load(upload_id)
         rules.check_available(upload, self.clock())
         return upload
 
-    async def load_for_write(self, upload_id: str) -> Upload:
-        """The upload as the database has it, for a request that holds its lock: a cache
-        that other instances also write may lag behind; this read refreshes it."""
+    async def load_for_write(self, upload_id: str, holding: Holding | None = None) -> Upload:
+        """The upload as the database has it, for a request that holds its lock: from the
+        cache when every commit goes through it, else from the database (a cache that other
+        instances also write may lag behind; this read refreshes it, now or as the lock is
+        released)."""
         if self.cache.authoritative:
-            return await self.load(upload_id)
-        upload = await self.repository.get(upload_id)
-        if upload is None:
-            raise UploadNotFound()
-        await self.cache.refresh(upload)  # we hold the lock: the database's word is final
+            upload = await self.load(upload_id)
+        else:
+            found = await self.repository.get(upload_id)
+            if found is None:
+                raise UploadNotFound()
+            upload = found
+            if holding is None or not holding.keeps_state:
+                await self.cache.refresh(upload)  # we hold the lock: the database's word
+        if holding is not None:
+            holding.settled = upload
         return upload
 
     async def download(self, upload_id: str, command: Download) -> DownloadResult:
@@ -190,21 +197,31 @@ class UploadService:
             except BaseException:
                 await self.store.delete(upload.id, layout)
                 raise
-            await self.cache.put(upload)
+            await self._settle(holding, upload)
             if status is UploadStatus.FINISHED:
                 self.meter.upload_finished()
                 await self.assemble(upload)
             if plan.concat_kind is ConcatKind.FINAL and rules.final_ready(partials):
+                holding.settled = None  # unknown until the transition is known to be done
                 upload = await self._assemble_if_ready(upload)
+                holding.settled = upload
             if plan.initial_append is not None:
                 try:
                     upload = await self._receive(upload, plan.initial_append, receive, holding)
                 except ProtocolError:
                     # bad input changes nothing: the upload it would have created goes too
+                    holding.settled = None
                     await self._discard(upload)
                     raise
         self.meter.upload_created()
         return upload
+
+    async def _settle(self, holding: Holding, upload: Upload) -> None:
+        """`upload` is now the database's record: the lock hands it to the next holder, or
+        it goes to the cache now."""
+        holding.settled = upload
+        if not holding.keeps_state:
+            await self.cache.put(upload)
 
     async def _discard(self, upload: Upload) -> None:
         await self.cache.forget(upload.id)
@@ -218,7 +235,7 @@ class UploadService:
         if not rules.is_valid_upload_id(upload_id):
             raise UploadNotFound()
         async with self.locks.hold(upload_id) as holding:
-            upload = await self.load_for_write(upload_id)
+            upload = await self.load_for_write(upload_id, holding)
             plan = rules.decide_append(upload, command, self.limits, self.clock())
             return await self._receive(upload, plan, receive, holding)
 
@@ -250,15 +267,16 @@ class UploadService:
             upload, plan, stored.size, body.complete, hasher.digest() if hasher else None
         )
         # bytes that do not count (an interrupted chunk with a checksum) leave no record
-        return await self._commit_append(upload, outcome, stored if outcome.kept else None)
+        return await self._commit_append(upload, outcome, stored if outcome.kept else None, holding)
 
     async def _commit_append(
-        self, upload: Upload, outcome: AppendOutcome, stored: Stored | None
+        self, upload: Upload, outcome: AppendOutcome, stored: Stored | None, holding: Holding
     ) -> Upload:
         if upload.status is UploadStatus.FINISHED:
             return upload  # an empty PATCH at the end of a finished upload changes nothing
         now = self.clock()
         stored = stored if stored is not None and self.store.uses_layout else None
+        holding.settled = None  # unknown until the transition is known to be done
         new = await self.repository.transition(
             upload,
             status=outcome.new_status,
@@ -272,7 +290,7 @@ class UploadService:
         if new is None:
             await self.cache.forget(upload.id)
             raise ServerFault("The upload changed under this request; nothing was acknowledged.")
-        await self.cache.put(new)
+        await self._settle(holding, new)
         if stored is not None:
             await self.store.discard(stored.obsolete)
         if new.status is UploadStatus.FINISHED:

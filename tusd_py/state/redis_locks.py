@@ -12,6 +12,13 @@ request once left a request waiting forever: redis-py turned the renewal task's
 cancellation into a connection error, the task took it for a Redis hiccup, renewed on and
 never ended, and the request awaited it.)
 
+Releasing the lock also writes the upload's state to the shared cache (RELEASE_WITH, one
+script, only while the lock is still the holder's): the state the holder read from the
+database or committed, whatever version the entry has, which repairs an entry that lies.
+A PATCH so costs two Redis round trips (take, release), not four. The state is never
+trusted the other way: a holder decides on what the database says, because a cache entry
+can lie (a Redis or a database restored from an older snapshot).
+
 Handover: a newcomer that finds the key taken publishes the upload id on one channel that
 every instance listens to. The instance that holds the upload asks its holder to let go
 (the same request_stop as in one process): the holder stops reading, saves what it
@@ -32,9 +39,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tusd_protocol.errors import UploadLocked
+from tusd_protocol.state import Upload
 
 from ..core.ports import BackendUnavailable, Holding
 from .local_locks import LocalLocks
+from .redis_cache import RedisStateCache, encode_upload
 
 log = logging.getLogger("tusd_py.redis_locks")
 
@@ -44,6 +53,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+#: KEYS[1] lock, KEYS[2] cache entry; ARGV[1] token, ARGV[2] version, ARGV[3] state JSON,
+#: ARGV[4] entry TTL in ms. Release our own lock, leaving the database's state in the cache.
+RELEASE_WITH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'v', ARGV[2], 's', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('DEL', KEYS[1])
+return 1
 """
 
 #: KEYS[1] lock; ARGV[1] token, ARGV[2] lease in ms. Extend only our own lock.
@@ -77,6 +98,7 @@ class RedisLocks:
         handover_timeout: float = 3.0,
         lease_seconds: float = 10.0,
         prefix: str = "tusd:",
+        cache: RedisStateCache | None = None,
     ) -> None:
         self.redis = redis
         self.acquire_timeout = acquire_timeout
@@ -85,6 +107,9 @@ class RedisLocks:
         self.prefix = prefix
         self.channel = f"{prefix}handover"
         self.local = LocalLocks(acquire_timeout)
+        #: the cache that releases write to, when it caches (TTL above 0)
+        self.cache = cache if cache is not None and cache.ttl_ms > 0 else None
+        self._release_with = redis.register_script(RELEASE_WITH)
         self._release = redis.register_script(RELEASE)
         self._renew = redis.register_script(RENEW)
         #: the locks this process holds, by upload id: renewed together, and found by
@@ -171,7 +196,7 @@ class RedisLocks:
         deadline = loop.time() + self.acquire_timeout  # one deadline, local wait included
         async with self.local.hold(upload_id, wait=wait) as holding:
             token = secrets.token_hex(16)
-            await self._acquire(upload_id, token, wait, deadline)
+            await self._acquire(upload_id, token, holding, wait, deadline)
             self._leases[upload_id] = _Lease(token, holding, loop.time())
             self._start_renewer()  # normally running since start(); never two
             try:
@@ -179,15 +204,29 @@ class RedisLocks:
             finally:
                 self._leases.pop(upload_id, None)
                 try:
-                    await self._release(keys=[self.key(upload_id)], args=[token])
+                    await self._give_back(upload_id, token, holding.settled)
                 except RedisError as exc:  # the lease ends by itself
                     log.warning("could not release the lock of %s: %s", upload_id, exc)
 
-    async def _take(self, upload_id: str, token: str) -> bool:
-        return bool(await self.redis.set(self.key(upload_id), token, nx=True, px=self.lease_ms))
+    async def _give_back(self, upload_id: str, token: str, settled: Upload | None) -> None:
+        if self.cache is None or settled is None or settled.id != upload_id:
+            await self._release(keys=[self.key(upload_id)], args=[token])
+            return
+        await self._release_with(
+            keys=[self.key(upload_id), self.cache.key(upload_id)],
+            args=[token, settled.version, encode_upload(settled), self.cache.ttl_ms],
+        )
 
-    async def _acquire(self, upload_id: str, token: str, wait: bool, deadline: float) -> None:
-        if await self._take(upload_id, token):
+    async def _take(self, upload_id: str, token: str, holding: Holding) -> bool:
+        if not await self.redis.set(self.key(upload_id), token, nx=True, px=self.lease_ms):
+            return False
+        holding.keeps_state = self.cache is not None
+        return True
+
+    async def _acquire(
+        self, upload_id: str, token: str, holding: Holding, wait: bool, deadline: float
+    ) -> None:
+        if await self._take(upload_id, token, holding):
             return
         if not wait:
             raise UploadLocked(headers={"Retry-After": "1"})
@@ -202,7 +241,7 @@ class RedisLocks:
                 next_ask = now + self.handover_timeout
             fast = now - started < self.handover_timeout
             await asyncio.sleep(FAST_POLL if fast else SLOW_POLL)
-            if await self._take(upload_id, token):
+            if await self._take(upload_id, token, holding):
                 return
             if loop.time() >= deadline:
                 raise UploadLocked(
