@@ -517,8 +517,9 @@ class Settings:
         parse=positive_int,
         metavar="N",
         commands=[SERVE],
-        help="PostgreSQL connections kept open per process, at least `1`.",
-        doc="Ignored for SQLite.",
+        help="PostgreSQL connections per process for the statements every request makes, "
+        "at least `1`; a quarter of it (at least 2) is kept besides for the rest.",
+        doc="Ignored for SQLite. See [deployment.md](deployment.md#pool-sizing).",
     )
     db_max_overflow: int = option(
         30,

@@ -72,3 +72,90 @@ def test_calls_run_one_at_a_time_in_arrival_order_on_sqlite(tmp_path: Path) -> N
     assert run(main) == [n * 2 for n in range(20)]
     assert order == list(range(20))
     assert most_inside == 1  # one writer
+
+
+def test_postgres_single_statements_run_in_autocommit_and_the_rest_in_a_transaction(
+    postgres_databases: Any,
+) -> None:
+    """run_single: the statement is its own transaction (one round trip, no BEGIN/COMMIT);
+    run: a transaction, so work of several statements is all or nothing, on the same pooled
+    connection right after a run_single."""
+    import sqlalchemy as sa
+
+    url = postgres_databases.create()
+
+    def autocommit(conn: sa.Connection) -> bool:
+        return bool(conn.connection.dbapi_connection.autocommit)  # type: ignore[union-attr]
+
+    def create_table(conn: sa.Connection) -> None:
+        with conn.begin():
+            conn.execute(sa.text("CREATE TABLE t (n integer)"))
+
+    def insert_then_fail(conn: sa.Connection) -> None:
+        with conn.begin():
+            conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+            raise RuntimeError("the second statement failed")
+
+    def count(conn: sa.Connection) -> int:
+        return int(conn.scalar(sa.text("SELECT count(*) FROM t")) or 0)
+
+    async def main() -> None:
+        database = Database(url, pool_size=1, max_overflow=0, queue_timeout=5)
+        try:
+            assert await database.run_single(autocommit) is True
+            assert await database.run(autocommit) is False
+            assert await database.run_single(autocommit) is True  # reset on return
+            await database.run(create_table)
+            with pytest.raises(RuntimeError):
+                await database.run(insert_then_fail)
+            assert await database.run_single(count) == 0  # rolled back as a whole
+        finally:
+            await database.close()
+
+    run(main)
+
+
+def test_postgres_direct_statements_keep_the_deadline_and_the_error_classes(
+    postgres_databases: Any,
+) -> None:
+    """The direct path answers like the engine: a pool wait past its deadline is
+    sqlalchemy's TimeoutError (503), an unreachable server OperationalError (503)."""
+    import socket
+
+    import sqlalchemy as sa
+    from sqlalchemy.exc import OperationalError
+
+    from tusd_py.state.postgres_direct import CompiledStatement, DirectStatements
+
+    url = postgres_databases.create()
+    select = CompiledStatement(sa.select(sa.bindparam("n", type_=sa.Integer)))
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+
+    async def main() -> None:
+        direct = DirectStatements(url, size=1, timeout=0.3, statement_timeout=5)
+        try:
+            assert await direct.fetch_one(select, {"n": 7}) == (7,)
+            async with direct.pool.connection():  # the only connection is taken
+                started = time.monotonic()
+                with pytest.raises(QueueTimeout):
+                    await direct.fetch_one(select, {"n": 8})
+                assert 0.25 < time.monotonic() - started < 3
+            assert await direct.fetch_one(select, {"n": 9}) == (9,)
+        finally:
+            await direct.close()
+        down = DirectStatements(
+            f"postgresql+psycopg://postgres@127.0.0.1:{closed}/x",
+            size=1,
+            timeout=2,
+            statement_timeout=5,
+        )
+        try:
+            with pytest.raises((OperationalError, QueueTimeout)):
+                await down.fetch_one(select, {"n": 1})
+        finally:
+            await down.close()
+
+    run(main)

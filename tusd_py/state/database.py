@@ -13,6 +13,16 @@ Connection. This module runs those functions:
   at 1,000 concurrent uploads, dozens of threads doing CPU-bound statement work starved
   the event loop of the GIL.
 
+On PostgreSQL the hot statements (a PATCH's read and guarded UPDATE, a POST's INSERT) do
+not come here at all: `direct` runs them through psycopg (postgres_direct.py), on a pool of
+its own of `pool_size` connections; the engine here keeps `engine_pool_size(pool_size)`
+(a quarter, at least 2) plus `max_overflow` for everything else.
+
+A call whose work is one statement (a read, a single guarded UPDATE, an INSERT of one row)
+runs with `run_single`: on PostgreSQL its connection is in autocommit mode, so the statement
+is its own transaction and costs one round trip instead of three (BEGIN, the statement,
+COMMIT or ROLLBACK). A statement alone is atomic; work of several statements needs `run`.
+
 Every call waits at most `queue_timeout` for its turn (a free worker or a pooled
 connection), FIFO, and then raises sqlalchemy.exc.TimeoutError, which the HTTP layer
 answers with 503 and Retry-After: requests queue for connections under load instead of
@@ -38,6 +48,7 @@ from sqlalchemy.exc import TimeoutError as QueueTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..config import normalize_database_url
+from .postgres_direct import DirectStatements
 
 T = TypeVar("T")
 
@@ -79,6 +90,11 @@ def _sqlite_engine(url: str) -> sa.Engine:
     return engine
 
 
+def engine_pool_size(pool_size: int) -> int:
+    """PostgreSQL: connections the SQLAlchemy engine keeps beside the direct pool."""
+    return max(2, pool_size // 4)
+
+
 def _postgres_engine(url: str, pool_size: int, max_overflow: int, timeout: float) -> AsyncEngine:
     # a database host that drops packets must cost seconds, not the kernel's minutes
     connect_args: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": 5}
@@ -107,13 +123,25 @@ class Database:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._engine: sa.Engine | None = None
         self._async_engine: AsyncEngine | None = None
+        #: the same pool, its connections in autocommit mode while checked out
+        self._autocommit_engine: AsyncEngine | None = None
+        #: PostgreSQL: the hot statements, straight through psycopg
+        self.direct: DirectStatements | None = None
         if self.is_sqlite:
             self._engine = _sqlite_engine(url)
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="tusd-sqlite"
             )
         else:
-            self._async_engine = _postgres_engine(url, pool_size, max_overflow, queue_timeout)
+            self._async_engine = _postgres_engine(
+                url, engine_pool_size(pool_size), max_overflow, queue_timeout
+            )
+            self._autocommit_engine = self._async_engine.execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+            self.direct = DirectStatements(
+                normalize_database_url(url), pool_size, queue_timeout, STATEMENT_TIMEOUT
+            )
 
     @property
     def pool(self) -> Any:
@@ -124,13 +152,25 @@ class Database:
 
     def load(self) -> DatabaseLoad:
         pool = self.pool
-        return DatabaseLoad(pool.size(), max(pool.overflow(), 0), self._busy, self._waiting)
+        size, overflow = pool.size(), max(pool.overflow(), 0)
+        busy, waiting = self._busy, self._waiting
+        if self.direct is not None:
+            direct_size, direct_busy, direct_waiting = self.direct.load()
+            size, busy, waiting = size + direct_size, busy + direct_busy, waiting + direct_waiting
+        return DatabaseLoad(size, overflow, busy, waiting)
 
     async def run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`work(connection, *args, **kwargs)` with a connection of its own: its result, or
         its exception (QueueTimeout when its turn did not come within queue_timeout)."""
         if self._async_engine is not None:
             return await self._run_async(self._async_engine, work, args, kwargs)
+        return await self._run_in_thread(work, args, kwargs)
+
+    async def run_single(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like `run`, for work that runs ONE statement (or only reads, where each read may
+        see its own snapshot): on PostgreSQL without a transaction around it."""
+        if self._autocommit_engine is not None:
+            return await self._run_async(self._autocommit_engine, work, args, kwargs)
         return await self._run_in_thread(work, args, kwargs)
 
     async def _run_async(
@@ -206,6 +246,9 @@ class Database:
     async def close(self) -> None:
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            if self.direct is not None:
+                await self.direct.close()
         with contextlib.suppress(Exception):
             if self._engine is not None:
                 self._engine.dispose()

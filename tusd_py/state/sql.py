@@ -18,6 +18,7 @@ from tusd_protocol.state import ConcatKind, Upload, UploadStatus, check_transiti
 from tusd_storage import EMPTY_LAYOUT, Fragment, Layout, Part
 
 from .database import Database
+from .postgres_direct import CompiledStatement
 
 metadata_obj = sa.MetaData()
 
@@ -123,6 +124,127 @@ def _row_to_upload(row: sa.Row[Any]) -> Upload:
     )
 
 
+# --- the hot statements, built once -----------------------------------------------------
+# Every POST runs INSERT_UPLOAD, every PATCH GET_UPLOAD and TRANSITION_UPLOAD. They are
+# built here once with named parameters: SQLite runs them through SQLAlchemy, PostgreSQL as
+# the same SQL text compiled once, through psycopg (postgres_direct.py).
+
+#: the columns an Upload is made of, in this order
+UPLOAD_COLUMNS = (
+    uploads.c.id,
+    uploads.c.status,
+    uploads.c.offset,
+    uploads.c.length,
+    uploads.c.metadata_header,
+    uploads.c.concat_kind,
+    uploads.c.concat_header,
+    uploads.c.expires_at,
+    uploads.c.version,
+)
+
+GET_UPLOAD = sa.select(*UPLOAD_COLUMNS).where(uploads.c.id == sa.bindparam("id"))
+
+#: parameters: `v_<column>` for every column but owner
+INSERT_UPLOAD = uploads.insert().values(
+    {column: sa.bindparam(f"v_{column.key}") for column in uploads.c if column.key != "owner"}
+)
+
+#: parameters: the expected old record (old_id, old_status, old_offset, old_version) and
+#: the new values (new_status, new_offset, new_length, new_expires_at, updated_at, new_version)
+TRANSITION_UPLOAD = (
+    uploads.update()
+    .where(
+        uploads.c.id == sa.bindparam("old_id"),
+        uploads.c.status == sa.bindparam("old_status"),
+        uploads.c.offset == sa.bindparam("old_offset"),
+        uploads.c.version == sa.bindparam("old_version"),
+    )
+    .values(
+        status=sa.bindparam("new_status"),
+        offset=sa.bindparam("new_offset"),
+        length=sa.bindparam("new_length"),
+        expires_at=sa.bindparam("new_expires_at"),
+        updated_at=sa.bindparam("new_updated_at"),
+        version=sa.bindparam("new_version"),
+    )
+)
+
+
+def upload_from_tuple(row: Sequence[Any]) -> Upload:
+    """An Upload from a row of UPLOAD_COLUMNS."""
+    upload_id, status, offset, length, header, concat_kind, concat_header, expires, version = row
+    return Upload(
+        id=upload_id,
+        status=UploadStatus(status),
+        offset=offset,
+        length=length,
+        metadata_header=header,
+        concat_kind=ConcatKind(concat_kind),
+        concat_header=concat_header,
+        expires_at=utc(expires),
+        version=version,
+    )
+
+
+def insert_values(
+    upload: Upload, metadata: dict[str, bytes | None], now: datetime, layout: Layout
+) -> dict[str, Any]:
+    return {
+        "v_id": upload.id,
+        "v_status": upload.status.value,
+        "v_offset": upload.offset,
+        "v_length": upload.length,
+        "v_metadata_header": upload.metadata_header,
+        "v_metadata_json": encode_metadata(metadata),
+        "v_concat_kind": upload.concat_kind.value,
+        "v_concat_header": upload.concat_header,
+        "v_storage_key": layout.key,
+        "v_backend_handle": layout.handle,
+        "v_part_size": layout.part_size,
+        "v_created_at": now,
+        "v_updated_at": now,
+        "v_expires_at": upload.expires_at,
+        "v_version": upload.version,
+    }
+
+
+def next_record(
+    old: Upload,
+    status: UploadStatus,
+    offset: int | None,
+    length: int | None,
+    expires_at: datetime | None,
+) -> Upload:
+    """The record a transition of `old` writes (checked against the state machine)."""
+    check_transition(old.status, status)
+    return Upload(
+        id=old.id,
+        status=status,
+        offset=old.offset if offset is None else offset,
+        length=old.length if length is None else length,
+        metadata_header=old.metadata_header,
+        concat_kind=old.concat_kind,
+        concat_header=old.concat_header,
+        expires_at=expires_at,
+        version=old.version + 1,
+    )
+
+
+def transition_values(old: Upload, new: Upload, now: datetime) -> dict[str, Any]:
+    return {
+        "old_id": old.id,
+        "old_status": old.status.value,
+        "old_offset": old.offset,
+        "old_version": old.version,
+        "new_status": new.status.value,
+        "new_offset": new.offset,
+        "new_length": new.length,
+        "new_expires_at": new.expires_at,
+        "new_updated_at": now,
+        "new_version": new.version,
+    }
+
+
 def encode_metadata(metadata: dict[str, bytes | None]) -> str:
     """Parsed metadata as JSON: UTF-8 values as text, others as latin-1 (lossless)."""
     return json.dumps({k: None if v is None else v.decode("latin-1") for k, v in metadata.items()})
@@ -142,6 +264,11 @@ class Repository:
     def __init__(self, database: Database) -> None:
         self.database = database
         self._sql = _Statements()
+        self._direct = database.direct
+        if self._direct is not None:
+            self._get = CompiledStatement(GET_UPLOAD)
+            self._insert = CompiledStatement(INSERT_UPLOAD)
+            self._transition = CompiledStatement(TRANSITION_UPLOAD)
 
     async def insert(
         self,
@@ -151,16 +278,25 @@ class Repository:
         now: datetime | None = None,
         layout: Layout = EMPTY_LAYOUT,
     ) -> None:
-        return await self.database.run(self._sql.insert, upload, metadata, partial_ids, now, layout)
+        if self._direct is not None and not partial_ids:  # one INSERT
+            values = insert_values(upload, metadata, now or datetime.now(UTC), layout)
+            await self._direct.execute(self._insert, values)
+            return
+        # one INSERT unless the final of a concatenation lists its partials too
+        run = self.database.run if partial_ids else self.database.run_single
+        return await run(self._sql.insert, upload, metadata, partial_ids, now, layout)
 
     async def get(self, upload_id: str) -> Upload | None:
-        return await self.database.run(self._sql.get, upload_id)
+        if self._direct is not None:
+            row = await self._direct.fetch_one(self._get, {"id": upload_id})
+            return upload_from_tuple(row) if row else None
+        return await self.database.run_single(self._sql.get, upload_id)
 
     async def get_many(self, upload_ids: Sequence[str]) -> dict[str, Upload]:
-        return await self.database.run(self._sql.get_many, upload_ids)
+        return await self.database.run_single(self._sql.get_many, upload_ids)
 
     async def metadata(self, upload_id: str) -> dict[str, bytes | None]:
-        return await self.database.run(self._sql.metadata, upload_id)
+        return await self.database.run_single(self._sql.metadata, upload_id)
 
     async def transition(
         self,
@@ -175,7 +311,15 @@ class Repository:
         new_parts: Sequence[Part] = (),
     ) -> Upload | None:
         """Move `old` to its next state; None when the stored record is no longer `old`."""
-        return await self.database.run(
+        single = layout is None and not new_parts
+        if single and self._direct is not None:  # one guarded UPDATE
+            now = now or datetime.now(UTC)
+            new = next_record(old, status, offset, length, expires_at)
+            count = await self._direct.execute(self._transition, transition_values(old, new, now))
+            return new if count == 1 else None
+        # one guarded UPDATE unless the store's record of parts and fragments moves with it
+        run = self.database.run_single if single else self.database.run
+        return await run(
             self._sql.transition,
             old,
             status=status,
@@ -248,25 +392,7 @@ class _Statements:
     ) -> None:
         now = now or datetime.now(UTC)
         with conn.begin():
-            conn.execute(
-                uploads.insert().values(
-                    storage_key=layout.key,
-                    backend_handle=layout.handle,
-                    part_size=layout.part_size,
-                    id=upload.id,
-                    status=upload.status.value,
-                    offset=upload.offset,
-                    length=upload.length,
-                    metadata_header=upload.metadata_header,
-                    metadata_json=encode_metadata(metadata),
-                    concat_kind=upload.concat_kind.value,
-                    concat_header=upload.concat_header,
-                    created_at=now,
-                    updated_at=now,
-                    expires_at=upload.expires_at,
-                    version=upload.version,
-                )
-            )
+            conn.execute(INSERT_UPLOAD, insert_values(upload, metadata, now, layout))
             if partial_ids:
                 conn.execute(
                     upload_concat.insert(),
@@ -277,8 +403,8 @@ class _Statements:
                 )
 
     def get(self, conn: sa.Connection, upload_id: str) -> Upload | None:
-        row = (conn.execute(sa.select(uploads).where(uploads.c.id == upload_id))).first()
-        return _row_to_upload(row) if row else None
+        row = conn.execute(GET_UPLOAD, {"id": upload_id}).first()
+        return upload_from_tuple(row) if row else None
 
     def get_many(self, conn: sa.Connection, upload_ids: Sequence[str]) -> dict[str, Upload]:
         rows = conn.execute(sa.select(uploads).where(uploads.c.id.in_(set(upload_ids))))
@@ -306,41 +432,32 @@ class _Statements:
         With `layout`, the store's record of where the bytes are (new parts, the current
         fragments) is written in the same transaction: it and the offset move together.
         """
-        check_transition(old.status, status)
         now = now or datetime.now(UTC)
-        new = Upload(
-            id=old.id,
-            status=status,
-            offset=old.offset if offset is None else offset,
-            length=old.length if length is None else length,
-            metadata_header=old.metadata_header,
-            concat_kind=old.concat_kind,
-            concat_header=old.concat_header,
-            expires_at=expires_at,
-            version=old.version + 1,
-        )
-        values: dict[str, Any] = {
-            "status": new.status.value,
-            "offset": new.offset,
-            "length": new.length,
-            "expires_at": new.expires_at,
-            "updated_at": now,
-            "version": new.version,
-        }
-        if layout is not None:
-            values.update(_layout_columns(layout))
+        new = next_record(old, status, offset, length, expires_at)
         try:
             with conn.begin():
-                result = conn.execute(
-                    uploads.update()
-                    .where(
-                        uploads.c.id == old.id,
-                        uploads.c.status == old.status.value,
-                        uploads.c.offset == old.offset,
-                        uploads.c.version == old.version,
+                if layout is None:
+                    result = conn.execute(TRANSITION_UPLOAD, transition_values(old, new, now))
+                else:
+                    values: dict[str, Any] = {
+                        "status": new.status.value,
+                        "offset": new.offset,
+                        "length": new.length,
+                        "expires_at": new.expires_at,
+                        "updated_at": now,
+                        "version": new.version,
+                        **_layout_columns(layout),
+                    }
+                    result = conn.execute(
+                        uploads.update()
+                        .where(
+                            uploads.c.id == old.id,
+                            uploads.c.status == old.status.value,
+                            uploads.c.offset == old.offset,
+                            uploads.c.version == old.version,
+                        )
+                        .values(**values)
                     )
-                    .values(**values)
-                )
                 if result.rowcount != 1:
                     raise _LostRace
                 if new_parts:
