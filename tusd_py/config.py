@@ -597,6 +597,19 @@ class Settings:
         doc="Protects against clients that open connections and trickle headers (slow loris). "
         "A new connection that sends nothing gets the same deadline.",
     )
+    read_ahead_memory: int = option(
+        32 * 1024 * 1024,
+        parse=whole_number(64 * 1024),
+        metavar="BYTES",
+        shown_default="`33554432` (32 MiB)",
+        commands=[SERVE],
+        help="Bytes of request bodies this process may read before the requests ask for "
+        "them, all connections together, at least `65536`; past it a connection pauses "
+        "until its request reads what it has.",
+        doc="Each connection also stops reading at 1 MiB of its own. A request that is "
+        "reading always gets its bytes; the bound applies to requests that wait (for a lock, "
+        "a database connection or an S3 part buffer), which would otherwise hold 1 MiB each.",
+    )
     body_idle_timeout: float = option(
         60.0,
         parse=seconds,

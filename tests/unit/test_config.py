@@ -63,6 +63,7 @@ SAMPLES: dict[str, tuple[str, Any, list[str]]] = {
     "workers": ("3", 3, ["--redis-url", "redis://cache:6379/0"]),
     "header_timeout": ("12", 12.0, []),
     "body_idle_timeout": ("7.5", 7.5, []),
+    "read_ahead_memory": ("1048576", 1024 * 1024, []),
     "shutdown_timeout": ("3", 3.0, []),
     "lock_acquire_timeout": ("1.5", 1.5, []),
     "lock_handover_timeout": ("0.25", 0.25, []),

@@ -377,9 +377,7 @@ def test_a_small_rest_that_never_comes_ends_the_connection(app: RecordingApp, po
         assert time.monotonic() - started < fasthttp.EARLY_DRAIN_SECONDS + 3
 
 
-def test_an_answer_after_the_whole_body_keeps_the_connection(
-    app: RecordingApp, port: int
-) -> None:
+def test_an_answer_after_the_whole_body_keeps_the_connection(app: RecordingApp, port: int) -> None:
     with connect(port) as sock:
         stream = sock.makefile("rb")
         for _ in range(2):
@@ -438,3 +436,62 @@ def test_a_slow_but_steady_body_is_not_idle(short_deadlines: None, app: Recordin
             time.sleep(0.2)
         status, answer = read_response(sock.makefile("rb"))
     assert (status, answer) == (200, expected_answer(data))
+
+
+def test_read_ahead_of_all_connections_together_stays_bounded(
+    app: RecordingApp, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """24 uploads of 3 MiB to an application that is not reading yet: together they queue
+    about READ_AHEAD (plus one socket read each), not 24 x QUEUE_LIMIT; once it reads,
+    every body arrives exactly (no paused connection is forgotten), and nothing stays
+    counted afterwards, also for an early answer and a client that went away."""
+    budget = 1024 * 1024
+    monkeypatch.setattr(fasthttp, "READ_AHEAD", budget)
+    app.delay = 1.5
+    count = 24
+    bodies = [random.Random(n).randbytes(3 * 1024 * 1024) for n in range(count)]
+    answers: dict[int, tuple[int, bytes]] = {}
+
+    def upload(n: int) -> None:
+        with connect(port) as sock:
+            head = request_head(f"/upload/{n}", {"Content-Length": str(len(bodies[n]))})
+            sock.sendall(head + bodies[n])
+            answers[n] = read_response(sock.makefile("rb"))
+
+    def early() -> None:
+        with connect(port) as sock:
+            sock.sendall(request_head("/early", {"Content-Length": str(4 * 1024 * 1024)}))
+            sock.sendall(b"x" * 512 * 1024)
+            read_response(sock.makefile("rb"))
+
+    def vanishing() -> None:
+        with connect(port) as sock:
+            sock.sendall(request_head("/gone", {"Content-Length": str(4 * 1024 * 1024)}))
+            sock.sendall(b"y" * 700 * 1024)
+
+    threads = [threading.Thread(target=upload, args=(n,)) for n in range(count)]
+    threads += [threading.Thread(target=early), threading.Thread(target=vanishing)]
+    for thread in threads:
+        thread.start()
+    peak = 0
+    deadline = time.monotonic() + 1.2  # within the application's delay
+    while time.monotonic() < deadline:
+        peak = max(peak, fasthttp.queued_total())
+        time.sleep(0.005)
+    for thread in threads:
+        thread.join(30)
+    assert all(answers[n] == (200, expected_answer(bodies[n])) for n in range(count))
+    assert peak > 0
+    # one socket read (256 KiB at most) may land on each connection after the budget is gone
+    assert peak <= budget + (count + 2) * 256 * 1024, peak
+    app.wait_for(count + 2)
+    assert wait_until(lambda: fasthttp.queued_total() == 0), fasthttp.queued_total()
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())

@@ -30,7 +30,9 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
 def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     """The tus server as an ASGI application; `store` replaces the one the settings name
     (a custom store, or one with fewer capabilities)."""
-    fasthttp.configure(settings.header_timeout, settings.body_idle_timeout)
+    fasthttp.configure(
+        settings.header_timeout, settings.body_idle_timeout, settings.read_ahead_memory
+    )
     database = make_database(settings)
     redis = make_redis(settings) if settings.redis_url else None
     meter = PrometheusMeter()  # a registry of its own: several apps may share a process

@@ -6,6 +6,13 @@ two extra copies of every byte and a pause/resume per slice. This protocol queue
 slices httptools hands us as they are (no copies), delivers one per ASGI message, and lets
 up to QUEUE_LIMIT bytes wait before it pauses reading, so memory per request stays bounded.
 
+Memory per process stays bounded too: all connections together may read ahead READ_AHEAD
+bytes that no application has asked for yet. Past it, a connection pauses as soon as it
+has anything queued, and reads again only when its own application has taken everything
+(an application waiting for bytes always resumes its own connection, so no request can be
+starved by the others). Without that, 1,000 uploads waiting for an S3 part buffer each
+read ahead a full QUEUE_LIMIT: a GiB of body bytes that nobody was ready for.
+
 Every wait on the client has a deadline here, because uvicorn has none for them: a request
 head that is not complete within HEADER_TIMEOUT gets 408 and the connection is closed (a
 slow-loris client holds nothing for long), and a body that stops arriving for
@@ -37,6 +44,38 @@ log = logging.getLogger("tusd_py.fasthttp")
 
 #: bytes of request body that may wait for the application before the socket is paused
 QUEUE_LIMIT = 1024 * 1024
+#: bytes of request body that may wait, in all connections of the process together, before
+#: a connection with anything queued is paused (see the module's docstring)
+READ_AHEAD = 32 * 1024 * 1024
+
+
+class _Queued:
+    """Body bytes queued in this process (the event loop's thread only touches it)."""
+
+    total = 0
+
+
+def _account(cycle: Any, size: int) -> None:
+    cycle.queued += size
+    _Queued.total += size
+
+
+def _forget_queue(cycle: Any) -> None:
+    """The request's unread slices will never be read: they no longer count."""
+    chunks: deque[bytes] | None = getattr(cycle, "chunks", None)
+    if chunks:
+        chunks.clear()
+    queued = getattr(cycle, "queued", 0)
+    if queued:
+        _Queued.total -= queued
+        cycle.queued = 0
+
+
+def queued_total() -> int:
+    """Body bytes waiting for applications in this process now."""
+    return _Queued.total
+
+
 #: request line + header block; httptools itself has no limit, so a client could make us
 #: buffer headers without end
 MAX_HEAD_BYTES = 64 * 1024
@@ -58,11 +97,16 @@ class HeadTooLarge(Exception):
     pass
 
 
-def configure(header_timeout: float, body_idle_timeout: float) -> None:
-    """Set the client deadlines of every connection opened from now on (0 = no deadline)."""
-    global HEADER_TIMEOUT, BODY_IDLE_TIMEOUT
+def configure(
+    header_timeout: float, body_idle_timeout: float, read_ahead: int | None = None
+) -> None:
+    """Set the client deadlines of every connection opened from now on (0 = no deadline),
+    and the process's read-ahead budget."""
+    global HEADER_TIMEOUT, BODY_IDLE_TIMEOUT, READ_AHEAD
     HEADER_TIMEOUT = header_timeout
     BODY_IDLE_TIMEOUT = body_idle_timeout
+    if read_ahead is not None:
+        READ_AHEAD = read_ahead
 
 
 def protocol_class() -> type[Any] | str:
@@ -201,6 +245,7 @@ def protocol_class() -> type[Any] | str:
             _ensure_queue(cycle)
             cycle.receive = types.MethodType(_receive, cycle)
             cycle.send = types.MethodType(_send_closing_early, cycle)
+            cycle.run_asgi = types.MethodType(_run_asgi_then_forget, cycle)
             super()._start_asgi_task(cycle, app)
 
         def on_body(self, body: bytes) -> None:
@@ -209,13 +254,22 @@ def protocol_class() -> type[Any] | str:
                 return
             # a pipelined request's body can arrive before its task starts
             _ensure_queue(cycle).append(body)
-            cycle.queued += len(body)
+            _account(cycle, len(body))
             cycle.body_received = getattr(cycle, "body_received", 0) + len(body)
-            if cycle.queued > QUEUE_LIMIT:
+            if cycle.queued > QUEUE_LIMIT or _Queued.total > READ_AHEAD:
                 self.flow.pause_reading()
             cycle.message_event.set()
 
     return QueuedBodyProtocol
+
+
+async def _run_asgi_then_forget(self: Any, app: Any) -> None:
+    """RequestResponseCycle.run_asgi; then whatever of the body was never read stops
+    counting against READ_AHEAD, however the application ended."""
+    try:
+        await type(self).run_asgi(self, app)
+    finally:
+        _forget_queue(self)
 
 
 def _ensure_queue(cycle: Any) -> deque[bytes]:
@@ -225,7 +279,7 @@ def _ensure_queue(cycle: Any) -> deque[bytes]:
         cycle.queued = 0
         if cycle.body:  # anything the stock on_body collected before we saw the cycle
             chunks.append(bytes(cycle.body))
-            cycle.queued = len(cycle.body)
+            _account(cycle, len(cycle.body))
             cycle.body = bytearray()
     return chunks
 
@@ -247,6 +301,8 @@ async def _send_closing_early(self: Any, message: dict[str, Any]) -> None:
 
             asyncio.get_running_loop().call_later(EARLY_DRAIN_SECONDS, close_unless_drained)
     await type(self).send(self, message)
+    if self.response_complete:
+        _forget_queue(self)  # answered: it reads no more of this body
 
 
 def _body_still_due(cycle: Any) -> int | None:
@@ -277,8 +333,12 @@ async def _receive(self: Any) -> dict[str, Any]:
         self.message_event.clear()
     if self.chunks:
         body = self.chunks.popleft()
-        self.queued -= len(body)
-        if self.queued <= QUEUE_LIMIT // 2 and not self.disconnected:
+        _account(self, -len(body))
+        if (
+            self.queued <= QUEUE_LIMIT // 2
+            and (_Queued.total <= READ_AHEAD or not self.queued)
+            and not self.disconnected
+        ):
             self.flow.resume_reading()
         more_body = bool(self.chunks) or self.more_body
         return {"type": "http.request", "body": body, "more_body": more_body}
