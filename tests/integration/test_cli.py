@@ -212,3 +212,29 @@ def test_serve_takes_fsync_and_cache_entries(tmp_path: Path) -> None:
         assert httpx.head(created.headers["Location"], headers=TUS).status_code == 200
     finally:
         server.stop()
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    """A soft limit of 256 open files would refuse connections at a few hundred uploads:
+    serve raises it to the hard limit (4096 here) before it listens."""
+    import shutil
+
+    prlimit = shutil.which("prlimit")
+    assert prlimit is not None, "prlimit (util-linux) is needed"
+
+    class LimitedServer(ServerProcess):
+        def command(self) -> list[str]:
+            return [prlimit, "--nofile=256:4096", "--", *super().command()]
+
+    server = LimitedServer(tmp_path / "data")
+    server.data_dir.mkdir()
+    server.start()
+    try:
+        assert server.process is not None
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        (line,) = [row for row in limits.splitlines() if row.startswith("Max open files")]
+        assert line.split()[3:5] == ["4096", "4096"], line
+        response = httpx.post(server.files_url, headers={**TUS, "Upload-Length": "3"})
+        assert response.status_code == 201
+    finally:
+        server.stop()

@@ -14,6 +14,26 @@ HELP = "run the upload server"
 DESCRIPTION = "Run the upload server."
 
 
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Every upload in flight holds a socket, and with the file store a file: a soft limit
+    of 1,024 open files (systemd's and most shells' default) would have the server refuse
+    connections at a few hundred uploads. Raise the soft limit to the hard one, as Go's
+    runtime does for tusd. Returns (old, new) when it changed."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1024 * 1024
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return None
+    return soft, target
+
+
 def run(settings: Settings) -> int:
     import uvicorn
 
@@ -37,6 +57,9 @@ def run(settings: Settings) -> int:
     except (SchemaNotMigrated, StorageError) as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
         return 2
+    raised = raise_open_files_limit()
+    if raised is not None:
+        logging.getLogger("tusd_py").info("open files limit raised from %d to %d", *raised)
     if settings.redis_url is None and not settings.resolved_database_url.startswith("sqlite"):
         logging.getLogger("tusd_py").warning(
             "no --redis-url: locks live in this process, so only this one instance may use "
