@@ -1,15 +1,15 @@
 """A slow-client flood must not starve the others: uploads beside thousands of tricklers.
 
-    uv run python bench/trickle.py --slow 5000 --uploads 200 --concurrency 50
+    uv run python bench/trickle.py --slow 5000 --rate 1024 --uploads 200 --concurrency 50
 
 Starts tusd-py (file store and SQLite on tmpfs, default settings), opens --slow connections
-that each create an upload and then send its PATCH body one byte every --interval seconds
-(inside the server's body-idle deadline, so the server must keep them), and once they are
-all sending, runs `tusd-py bench` (--uploads of --size in --chunk PATCHes, --concurrency at
-a time) beside them. The same bench runs first without the flood, on a fresh server, for the
-baseline. Reports both, how many slow connections were still open at the end, and the
-server's peak RSS, open file descriptors and CPU. Nothing is judged: the exit status is 0
-unless the script itself fails.
+that each create an upload of 1 MiB and then send its PATCH body at --rate bytes per second
+(issue 9's trickle: 1 KiB/s each, so 5,000 of them are 5,000 small writes a second), and
+once they are all sending, runs `tusd-py bench` (--uploads of --size in --chunk PATCHes,
+--concurrency at a time) beside them. The same bench runs first without the flood, on a
+fresh server, for the baseline. Reports both, how many slow connections were still open at
+the end, and the server's peak RSS, open file descriptors and CPU. Nothing is judged: the
+exit status is 0 unless the script itself fails.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def open_fds(pid: int) -> int:
 class SlowClient:
     """One connection: POST, then a PATCH whose body trickles in one byte at a time."""
 
-    def __init__(self, port: int, size: int) -> None:
-        self.port, self.size = port, size
+    def __init__(self, port: int, size: int, piece: bytes) -> None:
+        self.port, self.size, self.piece = port, size, piece
         self.sent = 0
         self.open = False
         self.failure: str | None = None
@@ -84,9 +84,9 @@ class SlowClient:
         if not self.open or self.writer is None:
             return
         try:
-            self.writer.write(b"x")
+            self.writer.write(self.piece)
             await self.writer.drain()
-            self.sent += 1
+            self.sent += len(self.piece)
             if self.writer.is_closing():
                 self.open = False
         except Exception as exc:
@@ -160,7 +160,8 @@ def bench(port: int, args: argparse.Namespace, pid: int) -> dict[str, Any]:
 
 
 async def flood_and_bench(port: int, args: argparse.Namespace, pid: int) -> dict[str, Any]:
-    clients = [SlowClient(port, 1024 * 1024) for _ in range(args.slow)]
+    piece = b"x" * max(1, int(args.rate * args.interval))
+    clients = [SlowClient(port, 1024 * 1024, piece) for _ in range(args.slow)]
     started = time.monotonic()
     for i in range(0, len(clients), 200):  # connect in waves, as a crowd of phones would
         await asyncio.gather(*(c.start() for c in clients[i : i + 200]))
@@ -193,6 +194,8 @@ async def flood_and_bench(port: int, args: argparse.Namespace, pid: int) -> dict
             failures[c.failure[:80]] = failures.get(c.failure[:80], 0) + 1
     for c in clients:
         c.close()
+    sent = sum(c.sent for c in clients)
+    print(f"   the slow uploads sent {sent / 1e6:.1f} MB in all", flush=True)
     return {
         "bench": result,
         "slow_connected": connected,
@@ -219,7 +222,8 @@ def line(name: str, result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slow", type=int, default=5000)
-    parser.add_argument("--interval", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=1024.0, help="bytes/s per slow upload")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between writes")
     parser.add_argument("--uploads", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--size", default="1MiB")

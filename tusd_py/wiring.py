@@ -279,6 +279,7 @@ def build_admission(settings: Settings, redis: Redis | None = None) -> Admission
         )
         if settings.min_free_disk and not settings.uses_s3
         else None,
+        max_size=settings.limits.max_size,
     )
     limiter: RateLimiter | None = None
     if settings.rate_limit > 0:

@@ -272,6 +272,17 @@ def test_a_creation_whose_length_does_not_fit_above_the_reserve_is_refused() -> 
     assert policy.decide(Kind.BYTES, upload_length=10 * MiB) == Admit()
 
 
+def test_a_creation_above_the_maximum_size_is_left_to_the_protocols_413() -> None:
+    """Bad input gets its 4xx, not a 507: an Upload-Length above --max-size is refused by
+    the protocol (413) however full the disk is."""
+    free = Reading(1 * MiB)  # below the reserve
+    policy = AdmissionPolicy(disk=DiskGuard(256 * MiB, free, FakeClock()), max_size=100 * MiB)
+    assert policy.decide(Kind.CREATE, upload_length=100 * MiB + 1) == Admit()
+    assert policy.decide(Kind.BYTES, upload_length=100 * MiB + 1) == Admit()
+    assert refused(policy.decide(Kind.CREATE, upload_length=100 * MiB)).status == 507
+    assert refused(policy.decide(Kind.BYTES)).status == 507
+
+
 def test_free_disk_is_read_at_most_once_a_second_and_unknown_admits() -> None:
     free = Reading(None)
     clock = FakeClock()

@@ -258,6 +258,9 @@ class AdmissionPolicy:
     cap: ConcurrencyCap | None = None
     memory: MemoryGuard | None = None
     disk: DiskGuard | None = None
+    #: the largest upload the server takes (--max-size): a creation above it is bad input,
+    #: which the protocol answers with 413, whatever the disk says
+    max_size: int | None = None
     #: refusals so far, by reason (for metrics)
     refusals: dict[str, int] = field(default_factory=dict)
 
@@ -282,6 +285,12 @@ class AdmissionPolicy:
             return refuse(RateLimited, math.ceil(rate_wait), "rate")
         if kind is Kind.OTHER:
             return ADMIT
+        if (
+            upload_length is not None
+            and self.max_size is not None
+            and upload_length > self.max_size
+        ):
+            return ADMIT  # 413 from the protocol, before any body byte is read
         if self.disk is not None:
             if kind is Kind.BYTES and self.disk.short():
                 return refuse(InsufficientStorage, DISK_RETRY_AFTER, "disk")
