@@ -22,6 +22,7 @@ from . import fasthttp
 from .cors import CORSMiddleware
 from .endpoints import TusHandlers
 from .metrics import RequestMetrics, metrics_endpoint
+from .routes import TusRoutes
 from .shutdown import on_exit_signal
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"]
@@ -100,6 +101,14 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
                 ]
                 if admission.active
                 else []
+            ),
+            # innermost: the tus URLs without the router's frames (see routes.py)
+            Middleware(
+                TusRoutes,
+                base_path=base,
+                collection=handlers.collection,
+                upload=handlers.upload,
+                methods=ALL_METHODS,
             ),
         ],
         lifespan=lifespan,
