@@ -204,7 +204,7 @@ def build_service(
     if redis is not None:
         redis_cache = RedisStateCache(redis, settings.cache_ttl)
         cache = redis_cache
-        # the lock hands each PATCH the state its last holder committed (one round trip)
+        # releasing a lock also writes the holder's state to the cache, in one round trip
         locks = RedisLocks(
             redis,
             settings.lock_acquire_timeout,

@@ -217,8 +217,8 @@ class UploadService:
         return upload
 
     async def _settle(self, holding: Holding, upload: Upload) -> None:
-        """`upload` is now the database's record: the lock hands it to the next holder, or
-        it goes to the cache now."""
+        """`upload` is now the database's record: the lock writes it to the cache as it is
+        released (RedisLocks), or it goes to the cache now."""
         holding.settled = upload
         if not holding.keeps_state:
             await self.cache.put(upload)

@@ -48,7 +48,7 @@ from sqlalchemy.exc import TimeoutError as QueueTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..config import normalize_database_url
-from .postgres_direct import DirectStatements
+from .postgres_direct import DirectStatements, connect_options
 
 T = TypeVar("T")
 
@@ -96,9 +96,7 @@ def engine_pool_size(pool_size: int) -> int:
 
 
 def _postgres_engine(url: str, pool_size: int, max_overflow: int, timeout: float) -> AsyncEngine:
-    # a database host that drops packets must cost seconds, not the kernel's minutes
-    connect_args: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": 5}
-    connect_args["options"] = f"-c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
+    connect_args = connect_options(url, STATEMENT_TIMEOUT)
     return create_async_engine(
         normalize_database_url(url),
         pool_size=pool_size,

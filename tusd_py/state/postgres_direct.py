@@ -17,7 +17,6 @@ any other database error DBAPIError (500).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,8 +25,6 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.dialects import postgresql
-
-log = logging.getLogger("tusd_py.postgres")
 
 
 class CompiledStatement:
@@ -39,10 +36,18 @@ class CompiledStatement:
         self.names = tuple(compiled.params)
 
     def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        missing = set(self.names) - set(values)
-        if missing:
-            raise KeyError(f"no value for {sorted(missing)} in {self.sql!r}")
+        """The statement's parameters from `values` (a KeyError names a missing one)."""
         return {name: values[name] for name in self.names}
+
+
+def connect_options(url: str, statement_timeout: float) -> dict[str, Any]:
+    """libpq options for every PostgreSQL connection of the server, both pools: statements
+    end after `statement_timeout`, and a database host that drops packets costs seconds
+    (connect_timeout 5), not the kernel's minutes, unless the URL says otherwise."""
+    options: dict[str, Any] = {"options": f"-c statement_timeout={int(statement_timeout * 1000)}"}
+    if "connect_timeout" not in url:
+        options["connect_timeout"] = 5
+    return options
 
 
 def psycopg_conninfo(url: str) -> str:
@@ -60,17 +65,11 @@ class DirectStatements:
         size: int,
         timeout: float,
         statement_timeout: float,
-        connect_timeout: float = 5.0,
     ) -> None:
         self.timeout = timeout
-        kwargs: dict[str, Any] = {
-            "autocommit": True,
-            # psycopg prepares a statement on a connection after a few executions (default)
-            "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
-        }
+        # psycopg prepares a statement on a connection after a few executions (default)
+        kwargs = {"autocommit": True, **connect_options(url, statement_timeout)}
         conninfo = psycopg_conninfo(url)
-        if "connect_timeout" not in conninfo:
-            kwargs["connect_timeout"] = int(connect_timeout)
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             conninfo,
             min_size=1,

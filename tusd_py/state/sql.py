@@ -110,20 +110,6 @@ def utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def _row_to_upload(row: sa.Row[Any]) -> Upload:
-    return Upload(
-        id=row.id,
-        status=UploadStatus(row.status),
-        offset=row.offset,
-        length=row.length,
-        metadata_header=row.metadata_header,
-        concat_kind=ConcatKind(row.concat_kind),
-        concat_header=row.concat_header,
-        expires_at=utc(row.expires_at),
-        version=row.version,
-    )
-
-
 # --- the hot statements, built once -----------------------------------------------------
 # Every POST runs INSERT_UPLOAD, every PATCH GET_UPLOAD and TRANSITION_UPLOAD. They are
 # built here once with named parameters: SQLite runs them through SQLAlchemy, PostgreSQL as
@@ -407,8 +393,8 @@ class _Statements:
         return upload_from_tuple(row) if row else None
 
     def get_many(self, conn: sa.Connection, upload_ids: Sequence[str]) -> dict[str, Upload]:
-        rows = conn.execute(sa.select(uploads).where(uploads.c.id.in_(set(upload_ids))))
-        return {row.id: _row_to_upload(row) for row in rows}
+        rows = conn.execute(sa.select(*UPLOAD_COLUMNS).where(uploads.c.id.in_(set(upload_ids))))
+        return {row.id: upload_from_tuple(row) for row in rows}
 
     def metadata(self, conn: sa.Connection, upload_id: str) -> dict[str, bytes | None]:
         text = conn.scalar(sa.select(uploads.c.metadata_json).where(uploads.c.id == upload_id))
@@ -436,28 +422,10 @@ class _Statements:
         new = next_record(old, status, offset, length, expires_at)
         try:
             with conn.begin():
-                if layout is None:
-                    result = conn.execute(TRANSITION_UPLOAD, transition_values(old, new, now))
-                else:
-                    values: dict[str, Any] = {
-                        "status": new.status.value,
-                        "offset": new.offset,
-                        "length": new.length,
-                        "expires_at": new.expires_at,
-                        "updated_at": now,
-                        "version": new.version,
-                        **_layout_columns(layout),
-                    }
-                    result = conn.execute(
-                        uploads.update()
-                        .where(
-                            uploads.c.id == old.id,
-                            uploads.c.status == old.status.value,
-                            uploads.c.offset == old.offset,
-                            uploads.c.version == old.version,
-                        )
-                        .values(**values)
-                    )
+                update = TRANSITION_UPLOAD
+                if layout is not None:  # the store's record moves with the offset
+                    update = update.values(**_layout_columns(layout))
+                result = conn.execute(update, transition_values(old, new, now))
                 if result.rowcount != 1:
                     raise _LostRace
                 if new_parts:
@@ -606,7 +574,7 @@ class _Statements:
         if idle_since is not None:
             due = sa.or_(due, uploads.c.updated_at <= idle_since)
         rows = conn.execute(
-            sa.select(uploads)
+            sa.select(*UPLOAD_COLUMNS)
             .where(
                 uploads.c.status.in_(
                     [UploadStatus.RECEIVING.value, UploadStatus.CONCATENATING.value]
@@ -615,7 +583,7 @@ class _Statements:
             )
             .limit(limit)
         )
-        return [_row_to_upload(row) for row in rows]
+        return [upload_from_tuple(row) for row in rows]
 
 
 def _layout_columns(layout: Layout) -> dict[str, Any]:
