@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,12 +28,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from load import free_port  # noqa: E402
+from run import Server  # noqa: E402  (bench/run.py: start, wait for OPTIONS, stop)
 
 
 def open_fds(pid: int) -> int:
@@ -98,35 +95,11 @@ class SlowClient:
             self.writer.close()
 
 
-def start_server(port: int, data: Path) -> subprocess.Popen[bytes]:
-    shutil.rmtree(data, ignore_errors=True)
-    data.mkdir(parents=True)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tusd_py",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(data / "server.log", "wb"),  # noqa: SIM115
+def tusd_py(port: int, data: Path) -> Server:
+    command = [sys.executable, "-m", "tusd_py", "serve", "--port", str(port)]
+    return Server(
+        "tusd-py", [*command, "--data-dir", str(data), "--log-level", "warning"], port, data
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("the server did not start")
 
 
 def bench(port: int, args: argparse.Namespace, pid: int) -> dict[str, Any]:
@@ -237,11 +210,14 @@ def main() -> None:
     try:
         for flood in (False, True):
             port = free_port()
-            server = start_server(port, data)
+            server = tusd_py(port, data)
+            server.start()
+            assert server.process is not None
+            pid = server.process.pid
             try:
                 if flood:
                     print(f"== {args.uploads} uploads beside {args.slow} slow ones", flush=True)
-                    outcome = asyncio.run(flood_and_bench(port, args, server.pid))
+                    outcome = asyncio.run(flood_and_bench(port, args, pid))
                     result = outcome["bench"]
                     print(
                         f"   slow uploads still open at the end: {outcome['slow_open_at_end']}"
@@ -250,15 +226,11 @@ def main() -> None:
                     )
                 else:
                     print(f"== {args.uploads} uploads alone", flush=True)
-                    result = bench(port, args, server.pid)
+                    result = bench(port, args, pid)
                 rows.append(line(f"beside {args.slow} slow uploads" if flood else "alone", result))
                 print(rows[-1], flush=True)
             finally:
-                server.terminate()
-                try:
-                    server.wait(30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+                server.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
     print(

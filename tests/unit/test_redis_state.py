@@ -498,50 +498,60 @@ def test_lock_two_requests_in_one_process_are_serialized(redis_url: str, prefix:
     run(main)
 
 
-def test_lock_release_writes_the_settled_state_to_the_cache(redis_url: str, prefix: str) -> None:
-    """The holder's committed state reaches the cache with the release, in one round trip,
-    whatever version the entry had (an entry that lies is repaired)."""
-
+@pytest.mark.parametrize(
+    ("settled", "stolen", "cached"),
+    [
+        # the holder's state reaches the cache with the release, even over an entry that lies
+        (make(version=3, offset=30), False, make(version=3, offset=30)),
+        # a commit whose outcome is unknown leaves the entry as it was
+        (None, False, make(version=99, offset=77)),
+        # a holder whose lease ran out writes nothing: the lock is its successor's
+        (make(version=3, offset=30), True, make(version=99, offset=77)),
+    ],
+    ids=["settled", "unknown", "lost"],
+)
+def test_lock_release_writes_the_settled_state_to_the_cache(
+    redis_url: str, prefix: str, settled: Upload | None, stolen: bool, cached: Upload
+) -> None:
     async def main() -> None:
-        async with instances(redis_url, prefix, count=1) as (client, [a]):
-            cache = RedisStateCache(client, prefix=prefix)
-            a.cache = cache
+        client = Redis.from_url(redis_url)
+        cache = RedisStateCache(client, prefix=prefix)
+        locks = RedisLocks(client, prefix=prefix, cache=cache)
+        try:
             await cache.put(make(version=99, offset=77))  # ahead of the truth
-            async with a.hold(ID) as holding:
+            async with locks.hold(ID) as holding:
                 assert holding.keeps_state
-                holding.settled = make(version=3, offset=30)
-            assert (await cache.get(ID)) == make(version=3, offset=30)
-            assert await client.exists(a.key(ID)) == 0
+                holding.settled = settled
+                if stolen:
+                    await client.set(locks.key(ID), "successor-token")
+            assert (await cache.get(ID)) == cached
+            assert await client.get(locks.key(ID)) == (b"successor-token" if stolen else None)
             assert 0 < await client.pttl(cache.key(ID)) <= cache.ttl_ms
+        finally:
+            await locks.stop()
+            await client.aclose()
 
     run(main)
 
 
-def test_lock_release_without_a_settled_state_leaves_the_cache(redis_url: str, prefix: str) -> None:
+def test_lock_without_a_caching_cache_leaves_the_cache_to_the_holder(
+    redis_url: str, prefix: str
+) -> None:
+    """With --cache-ttl 0 the cache is off: a release writes no state, and the holding says
+    so (the service then skips the cache itself, which does nothing)."""
+
     async def main() -> None:
-        async with instances(redis_url, prefix, count=1) as (client, [a]):
-            cache = RedisStateCache(client, prefix=prefix)
-            a.cache = cache
-            await cache.put(make(version=2, offset=20))
-            async with a.hold(ID) as holding:
+        client = Redis.from_url(redis_url)
+        cache = RedisStateCache(client, ttl_seconds=0, prefix=prefix)
+        locks = RedisLocks(client, prefix=prefix, cache=cache)
+        try:
+            async with locks.hold(ID) as holding:
+                assert not holding.keeps_state
                 holding.settled = make(version=3, offset=30)
-                holding.settled = None  # a commit whose outcome is unknown
-            assert (await cache.get(ID)) == make(version=2, offset=20)
-            assert await client.exists(a.key(ID)) == 0
-
-    run(main)
-
-
-def test_lock_lost_release_writes_nothing_to_the_cache(redis_url: str, prefix: str) -> None:
-    async def main() -> None:
-        async with instances(redis_url, prefix, count=1) as (client, [a]):
-            cache = RedisStateCache(client, prefix=prefix)
-            a.cache = cache
-            await cache.put(make(version=5, offset=50))
-            async with a.hold(ID) as holding:
-                holding.settled = make(version=3, offset=30)
-                await client.set(a.key(ID), "successor-token")  # the lease ran out
-            assert (await cache.get(ID)) == make(version=5, offset=50)
-            assert await client.get(a.key(ID)) == b"successor-token"
+            assert await client.exists(cache.key(ID)) == 0
+            assert await client.exists(locks.key(ID)) == 0
+        finally:
+            await locks.stop()
+            await client.aclose()
 
     run(main)
