@@ -583,9 +583,11 @@ class Settings:
         parse=positive_int,
         metavar="N",
         commands=[SERVE],
-        help="Server processes on this host, at least `1`; more than `1` needs `--redis-url`.",
-        doc="Each builds its own application and pools from the same settings. Without Redis, "
-        "`serve` refuses to start with more than one.",
+        help="Server processes on this host, at least `1`.",
+        doc="Each builds its own application and pools from the same settings. Without "
+        "`--redis-url` they share upload locks through `DATA_DIR/locks` (record locks on one "
+        "file, handover through a socket per process) and read every state from the "
+        "database; with it, through Redis. Processes on other hosts need Redis.",
     )
     header_timeout: float = option(
         30.0,
@@ -764,11 +766,6 @@ class Settings:
                 "--cors-allow-credentials needs an explicit --cors-origins list: with '*' any "
                 "web page a signed-in user visits could send requests in that user's name"
             )
-        if self.workers > 1 and not self.redis_url:
-            raise ValueError(
-                f"--workers {self.workers} needs --redis-url: several processes must share "
-                "one lock per upload, and only Redis gives them one"
-            )
         if self.max_buffer_memory < self.s3_part_size:
             raise ValueError(
                 f"--max-buffer-memory {self.max_buffer_memory} must hold at least one part "
@@ -790,6 +787,11 @@ class Settings:
     def rate_limit_tokens(self) -> int:
         """The burst a client gets: --rate-limit-burst, or one second's worth."""
         return self.rate_limit_burst or max(1, math.ceil(self.rate_limit))
+
+    @property
+    def host_locks_dir(self) -> Path:
+        """Where the worker processes of one host keep their upload locks (no Redis)."""
+        return self.data_dir / "locks"
 
     @property
     def uploads_dir(self) -> Path:

@@ -36,8 +36,9 @@ from .core.service import UploadService
 from .metrics.instrumented import MeteredLocks, MeteredStore
 from .state import migrations
 from .state.database import Database
+from .state.host_locks import HostLocks
 from .state.local_locks import LocalLocks
-from .state.memory_cache import StateCache
+from .state.memory_cache import NoCache, StateCache
 from .state.redis_cache import RedisStateCache
 from .state.redis_locks import RedisLocks
 from .state.redis_rate_limit import RedisRateLimiter
@@ -211,6 +212,11 @@ def build_service(
             settings.lock_handover_timeout,
             cache=redis_cache,
         )
+    elif settings.workers > 1:
+        # several processes of this host share the database: locks between them, and no
+        # process may answer from a memory that another process's commit left behind
+        cache = NoCache()
+        locks = HostLocks(settings.host_locks_dir, settings.lock_acquire_timeout)
     else:
         cache = StateCache(settings.cache_entries)
         locks = LocalLocks(settings.lock_acquire_timeout)

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -415,37 +414,47 @@ def test_requests_queue_for_a_small_pool_instead_of_failing(
         server.stop()
 
 
-def test_workers_need_redis(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "tusd_py", "serve", "--data-dir", str(tmp_path), "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "--redis-url" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_several_worker_processes_serve_one_upload(
-    postgres_databases: PostgresDatabases, tmp_path: Path
-) -> None:
-    if not redis_reachable(REDIS_URL):
-        missing_service(f"Redis not reachable at {REDIS_URL}")
+def worker_processes(server: ServerProcess) -> list[Any]:
     import psutil
 
-    database = postgres_databases.create()
-    server = ServerProcess(
-        tmp_path / "data", database, ["--workers", "2", "--redis-url", REDIS_URL]
-    )
+    return [
+        child
+        for child in psutil.Process(server.pid()).children(recursive=True)
+        if "spawn_main" in " ".join(child.cmdline())
+    ]
+
+
+@pytest.mark.parametrize("backend", ["postgres+redis", "sqlite"])
+def test_several_worker_processes_serve_one_upload(
+    backend: str, postgres_databases: PostgresDatabases, tmp_path: Path
+) -> None:
+    """`--workers 2`: with Redis, or on one host without it (locks through DATA_DIR/locks)."""
+    if backend == "sqlite":
+        server = ServerProcess(tmp_path / "data", None, ["--workers", "2"])
+    else:
+        if not redis_reachable(REDIS_URL):
+            missing_service(f"Redis not reachable at {REDIS_URL}")
+        server = ServerProcess(
+            tmp_path / "data",
+            postgres_databases.create(),
+            ["--workers", "2", "--redis-url", REDIS_URL],
+        )
     server.data_dir.mkdir(parents=True)
     server.start()
     try:
-        workers = [
-            child
-            for child in psutil.Process(server.pid()).children(recursive=True)
-            if "spawn_main" in " ".join(child.cmdline())
-        ]
+        workers = worker_processes(server)
         assert len(workers) == 2, [c.cmdline() for c in workers]
+        if backend == "sqlite":
+            # each worker listens for handover requests beside the shared lock file
+            # (the first to answer may be ahead of the other in starting)
+            expected = {f"{worker.pid}.sock" for worker in workers}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                inboxes = {path.name for path in (server.data_dir / "locks").glob("*.sock")}
+                if inboxes == expected:
+                    break
+                time.sleep(0.1)
+            assert inboxes == expected
         data = os.urandom(1_000_000)
         with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
             url = create(http, len(data))
@@ -458,6 +467,45 @@ def test_several_worker_processes_serve_one_upload(
                         == 204
                     )
             assert http.get(url).content == data
+    finally:
+        server.stop()
+
+
+def test_workers_without_redis_hand_a_stuck_upload_over_whichever_worker_holds_it(
+    tmp_path: Path,
+) -> None:
+    """A PATCH whose client went silent holds its upload in one worker; a resume may reach
+    either worker, and must get the offset that includes what the stuck PATCH received."""
+    server = ServerProcess(tmp_path / "data", None, ["--workers", "2"])
+    server.data_dir.mkdir(parents=True)
+    server.start()
+    try:
+        for _ in range(4):
+            data = os.urandom(2 * MiB)
+            with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+                url = create(http, len(data))
+            stuck = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            try:
+                stuck.sendall(
+                    (
+                        f"PATCH {path_of(url)} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                        f"Content-Type: {OCTET['Content-Type']}\r\nUpload-Offset: 0\r\n"
+                        f"Content-Length: {len(data)}\r\n\r\n"
+                    ).encode()
+                    + data[:MiB]
+                )
+                time.sleep(0.3)  # the client goes silent with 1 MiB unsent
+                started = time.monotonic()
+                with httpx.Client(headers=TUS, timeout=30) as fresh:
+                    offset = offset_of(fresh, url)
+                    took = time.monotonic() - started
+                    assert stuck.recv(4096).startswith(b"HTTP/1.1 204")
+                    assert offset == MiB
+                    assert took < 3.0, f"the handover took {took:.2f} s"
+                    assert patch(fresh, url, offset, data[offset:]).status_code == 204
+                    assert fresh.get(url).content == data
+            finally:
+                stuck.close()
     finally:
         server.stop()
 

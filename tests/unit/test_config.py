@@ -270,9 +270,10 @@ def test_the_buffer_memory_must_hold_a_part() -> None:
 def test_combinations_are_refused_from_the_environment_too(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("TUSD_WORKERS", "2")
+    monkeypatch.setenv("TUSD_CORS_ALLOW_CREDENTIALS", "true")
+    monkeypatch.setenv("TUSD_CORS_ORIGINS", "*")
     assert exit_status(["serve"]) == 2
-    assert "--workers 2 needs --redis-url" in capsys.readouterr().err
+    assert "--cors-allow-credentials needs an explicit --cors-origins" in capsys.readouterr().err
 
 
 # --- gc's own options --------------------------------------------------------------------

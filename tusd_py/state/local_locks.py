@@ -44,6 +44,13 @@ class LocalLocks:
         """Held by any request that could write this upload (here: this process)."""
         return self.is_held(upload_id)
 
+    def request_stop(self, upload_id: str) -> None:
+        """Someone elsewhere (another process of this host) wants the upload: if a request
+        here holds it, ask it to let go, as a newcomer here would."""
+        entry = self._entries.get(upload_id)
+        if entry is not None and entry.holder is not None:
+            entry.holder.request_stop()
+
     async def start(self) -> None:
         pass
 

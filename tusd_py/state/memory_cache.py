@@ -2,7 +2,8 @@
 
 Written after every commit; versioned so that an older writer can never replace a newer
 record. StateCache is the in-process cache of a single server process; RedisStateCache
-(redis_cache.py) is shared by every instance. Both implement core.ports.UploadCache.
+(redis_cache.py) is shared by every instance; NoCache stands in when several processes
+share the database without Redis. All implement core.ports.UploadCache.
 """
 
 from __future__ import annotations
@@ -46,3 +47,28 @@ class StateCache:
 
     async def forget(self, upload_id: str) -> None:
         self._entries.pop(upload_id, None)
+
+
+class NoCache:
+    """For processes that share a database without a shared cache (`serve --workers N`
+    without Redis): any of them may have committed last, so none may answer from memory;
+    every read goes to the database."""
+
+    authoritative = False
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+
+    async def get(self, upload_id: str) -> Upload | None:
+        self.misses += 1
+        return None
+
+    async def put(self, upload: Upload) -> None:
+        pass
+
+    async def refresh(self, upload: Upload) -> None:
+        pass
+
+    async def forget(self, upload_id: str) -> None:
+        pass

@@ -1,0 +1,208 @@
+"""HostLocks: one holder per upload among the processes of one host, with handover.
+
+`serve --workers N` without Redis runs N processes on one port, and any of them may get any
+request of an upload. Each upload's lock is a POSIX record lock (fcntl) on one byte of one
+shared file, `<data-dir>/locks/uploads.lock`, at an offset derived from the upload's id: the
+kernel grants it to one process at a time and takes it back when that process exits, however
+it exits, so a crashed worker never leaves an upload locked. Within a process a LocalLocks
+keeps one holder per upload (record locks belong to the process, not to a task).
+
+Handover (PROTOCOL 23) crosses processes through Unix datagram sockets beside the lock
+file, one per process (`<pid>.sock`): a newcomer that finds the upload held elsewhere sends
+"stop <id>" to every other process; the one holding the upload asks its holder to let go
+(as a local newcomer would), and the newcomer takes the record lock once it is free. The
+kernel offers no wait on a record lock that an event loop can await with a deadline, so the
+newcomer polls for it, from a millisecond apart up to POLL_MAX apart, until acquire_timeout
+(then 423, as LocalLocks answers). Uncontended, a lock costs two fcntl calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from tusd_protocol.errors import UploadLocked
+
+from ..core.ports import Holding
+from .local_locks import LocalLocks
+
+log = logging.getLogger("tusd_py.locks")
+
+#: longest wait between two attempts on a record lock held by another process
+POLL_MAX = 0.02
+#: a newcomer repeats its "stop" this often while it waits (a holder that took the lock
+#: just after the first message went out hears the second)
+RESEND_EVERY = 0.25
+#: Unix socket paths longer than this do not fit in sockaddr_un on every platform
+SOCKET_PATH_MAX = 100
+
+_RANGE_BITS = 62
+
+
+def lock_offset(upload_id: str) -> int:
+    """Where in the lock file an upload's byte is: distinct ids practically never share one
+    (if two did, they would only wait for each other)."""
+    digest = hashlib.blake2b(upload_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> (64 - _RANGE_BITS)
+
+
+class HostLocks:
+    """Locks for the processes of one host that share a lock directory."""
+
+    def __init__(self, directory: Path, acquire_timeout: float = 20.0) -> None:
+        self.directory = directory
+        self.acquire_timeout = acquire_timeout
+        self._local = LocalLocks(acquire_timeout)
+        self._fd: int | None = None
+        self._inbox: socket.socket | None = None
+        self._inbox_path = directory / f"{os.getpid()}.sock"
+        #: record locks this process holds, by offset: two ids on one offset share it
+        self._ranges: dict[int, int] = {}
+
+    @property
+    def stopping(self) -> bool:
+        return self._local.stopping
+
+    def is_held(self, upload_id: str) -> bool:
+        return self._local.is_held(upload_id)
+
+    async def held_anywhere(self, upload_id: str) -> bool:
+        if self._local.is_held(upload_id):
+            return True
+        offset = lock_offset(upload_id)
+        if offset in self._ranges:
+            return True  # another id on the same byte: it would wait for that one
+        if not self._try_range(offset):
+            return True
+        self._release_range(offset)
+        return False
+
+    async def start(self) -> None:
+        if len(str(self._inbox_path)) > SOCKET_PATH_MAX:
+            raise ValueError(
+                f"{self.directory}: too long a path for the workers' handover sockets "
+                f"(at most {SOCKET_PATH_MAX - 12} characters); use a shorter --data-dir"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.directory / "uploads.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(FileNotFoundError):
+            self._inbox_path.unlink()  # a process with our pid that died before us
+        inbox.bind(str(self._inbox_path))
+        inbox.setblocking(False)
+        self._inbox = inbox
+        asyncio.get_running_loop().add_reader(inbox.fileno(), self._read_inbox)
+
+    async def stop(self) -> None:
+        if self._inbox is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._inbox.fileno())
+            self._inbox.close()
+            self._inbox = None
+            with contextlib.suppress(FileNotFoundError):
+                self._inbox_path.unlink()
+        if self._fd is not None:
+            os.close(self._fd)  # gives back every record lock this process still has
+            self._fd = None
+            self._ranges.clear()
+
+    def stop_all(self) -> None:
+        self._local.stop_all()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str, *, wait: bool = True) -> AsyncIterator[Holding]:
+        deadline = asyncio.get_running_loop().time() + self.acquire_timeout
+        async with self._local.hold(upload_id, wait=wait) as holding:
+            offset = lock_offset(upload_id)
+            await self._take_range(upload_id, offset, wait, deadline)
+            try:
+                yield holding
+            finally:
+                self._release_range(offset)
+
+    # --- the record locks ---------------------------------------------------------------
+
+    def _try_range(self, offset: int) -> bool:
+        held = self._ranges.get(offset, 0)
+        if held == 0:
+            assert self._fd is not None, "HostLocks.start() was not awaited"
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    return False
+                raise
+        self._ranges[offset] = held + 1
+        return True
+
+    def _release_range(self, offset: int) -> None:
+        held = self._ranges.pop(offset, 0) - 1
+        if held > 0:
+            self._ranges[offset] = held
+        elif self._fd is not None:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
+
+    async def _take_range(self, upload_id: str, offset: int, wait: bool, deadline: float) -> None:
+        if self._try_range(offset):
+            return
+        if not wait:
+            raise UploadLocked(headers={"Retry-After": "1"})
+        loop = asyncio.get_running_loop()
+        pause = 0.001
+        next_ask = loop.time()
+        while True:
+            now = loop.time()
+            if now >= next_ask:
+                self._ask_others_to_stop(upload_id)
+                next_ask = now + RESEND_EVERY
+            if now >= deadline:
+                raise UploadLocked(
+                    "Another request holds this upload and did not let go; retry shortly.",
+                    headers={"Retry-After": "2"},
+                )
+            await asyncio.sleep(min(pause, max(deadline - now, 0.0)))
+            pause = min(pause * 2, POLL_MAX)
+            if self._try_range(offset):
+                return
+
+    # --- handover between processes -----------------------------------------------------
+
+    def _ask_others_to_stop(self, upload_id: str) -> None:
+        message = f"stop {upload_id}".encode()
+        sender = self._inbox
+        if sender is None:
+            return
+        for path in self.directory.glob("*.sock"):
+            if path == self._inbox_path:
+                continue
+            try:
+                sender.sendto(message, str(path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                # nobody reads there: the process died without cleaning up
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            except BlockingIOError:
+                pass  # its inbox is full; the next resend gets through
+            except OSError as exc:
+                log.warning("could not ask %s to let go of %s: %s", path.name, upload_id, exc)
+
+    def _read_inbox(self) -> None:
+        inbox = self._inbox
+        while inbox is not None:
+            try:
+                message = inbox.recv(512)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            verb, _, upload_id = message.decode("ascii", "replace").partition(" ")
+            if verb == "stop" and upload_id:
+                self._local.request_stop(upload_id)
