@@ -13,8 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-
-from redis.asyncio import BlockingConnectionPool, Redis
+from typing import TYPE_CHECKING
 
 from tusd_protocol.rules import Feature, Limits
 from tusd_storage import Capability, FileStore, Store
@@ -39,10 +38,13 @@ from .state.database import Database
 from .state.host_locks import HostLocks
 from .state.local_locks import LocalLocks
 from .state.memory_cache import NoCache, StateCache
-from .state.redis_cache import RedisStateCache
-from .state.redis_locks import RedisLocks
-from .state.redis_rate_limit import RedisRateLimiter
 from .state.sql import Repository
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+# redis and the Redis implementations are imported where Redis is configured: a server
+# without it does not carry them (about 22 MiB per process)
 
 log = logging.getLogger("tusd_py")
 
@@ -203,6 +205,9 @@ def build_service(
     cache: UploadCache
     locks: UploadLocks
     if redis is not None:
+        from .state.redis_cache import RedisStateCache
+        from .state.redis_locks import RedisLocks
+
         redis_cache = RedisStateCache(redis, settings.cache_ttl)
         cache = redis_cache
         # releasing a lock also writes the holder's state to the cache, in one round trip
@@ -229,6 +234,8 @@ def build_service(
 def make_redis(settings: Settings) -> Redis:
     """A pool that makes a request wait at most db_pool_timeout for a connection, and
     sockets that give up on an unreachable Redis in seconds, not minutes."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+
     assert settings.redis_url is not None
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -292,6 +299,8 @@ def build_admission(settings: Settings, redis: Redis | None = None) -> Admission
         burst = settings.rate_limit_tokens
         limiter = LocalRateLimiter(settings.rate_limit, burst, clock)
         if redis is not None:
+            from .state.redis_rate_limit import RedisRateLimiter
+
             shared = RedisRateLimiter(redis, settings.rate_limit, burst)
             limiter = FallbackRateLimiter(shared, limiter, clock)
     return Admission(policy, limiter)

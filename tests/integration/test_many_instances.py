@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -468,6 +469,52 @@ def test_several_worker_processes_serve_one_upload(
                     )
             assert http.get(url).content == data
     finally:
+        server.stop()
+
+
+def listening_socket_inode(process: Any, port: int) -> int:
+    (listening,) = [
+        c
+        for c in process.net_connections(kind="tcp")
+        if c.status == "LISTEN" and c.laddr.port == port
+    ]
+    return os.stat(f"/proc/{process.pid}/fd/{listening.fd}").st_ino
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads on Linux")
+def test_each_worker_listens_on_its_own_socket_and_a_burst_of_connections_is_spread(
+    tmp_path: Path,
+) -> None:
+    """With one shared listening socket the first worker awake takes most of a burst."""
+    server = ServerProcess(tmp_path / "data", None, ["--workers", "2"])
+    server.data_dir.mkdir(parents=True)
+    server.start()
+    connections: list[socket.socket] = []
+    try:
+        workers = worker_processes(server)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                inodes = {listening_socket_inode(worker, server.port) for worker in workers}
+                break
+            except ValueError:  # a worker not listening yet
+                time.sleep(0.1)
+        assert len(inodes) == 2, "the workers share one listening socket"
+        for _ in range(60):
+            connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            connections.append(connection)
+        for connection in connections:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        for connection in connections:
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+        accepted = [
+            sum(1 for c in worker.net_connections(kind="tcp") if c.status == "ESTABLISHED")
+            for worker in workers
+        ]
+        assert sum(accepted) == 60 and min(accepted) >= 10, accepted
+    finally:
+        for connection in connections:
+            connection.close()
         server.stop()
 
 

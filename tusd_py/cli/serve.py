@@ -34,28 +34,49 @@ def raise_open_files_limit() -> tuple[int, int] | None:
     return soft, target
 
 
-def run(settings: Settings) -> int:
-    import uvicorn
-
+def preflight(settings: Settings) -> str | None:
+    """Check the schema and the store before any request is taken: the problem, said in a
+    sentence (a wrong bucket or key is said here, not in a traceback), or None."""
     from tusd_storage import StorageError
 
-    from ..http.app import build_app
-    from ..http.fasthttp import protocol_import_string
-    from ..http.shutdown import exit_quietly
     from ..wiring import SchemaNotMigrated, build_store, prepare_database
 
-    async def preflight() -> None:
+    async def check() -> None:
         await prepare_database(settings)
-        store = build_store(settings)  # a wrong bucket or key is said here, not in a traceback
+        store = build_store(settings)
         try:
             await store.open()
         finally:
             await store.close()
 
     try:
-        asyncio.run(preflight())
+        asyncio.run(check())
     except (SchemaNotMigrated, StorageError) as exc:
-        print(f"tusd-py: {exc}", file=sys.stderr)
+        return str(exc)
+    return None
+
+
+def preflight_in_child(settings: Settings) -> str | None:
+    """preflight() in a child process. With --workers N the serving process only supervises
+    the workers; had it checked itself, it would keep the application's modules (SQLAlchemy,
+    the store, ...: about 40 MiB) for its whole life."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as child:
+        return child.submit(preflight, settings).result()
+
+
+def run(settings: Settings) -> int:
+    import uvicorn
+
+    from ..http.fasthttp import protocol_import_string
+    from ..http.shutdown import exit_quietly
+
+    problem = preflight_in_child(settings) if settings.workers > 1 else preflight(settings)
+    if problem is not None:
+        print(f"tusd-py: {problem}", file=sys.stderr)
         return 2
     raised = raise_open_files_limit()
     if raised is not None:
@@ -86,14 +107,20 @@ def run(settings: Settings) -> int:
         # and keeps its figures where the worker that answers GET /metrics adds them up
         forget_metrics = prepare_multiprocess_dir()
         try:
-            uvicorn.run(
-                "tusd_py.http.app:app_from_environment",
-                factory=True,
-                workers=settings.workers,
-                **common,
+            from ..http.workers import run_workers
+
+            run_workers(
+                uvicorn.Config(
+                    "tusd_py.http.app:app_from_environment",
+                    factory=True,
+                    workers=settings.workers,
+                    **common,
+                )
             )
         finally:
             forget_metrics()
     else:
+        from ..http.app import build_app
+
         uvicorn.run(build_app(settings), **common)
     return 0

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import Request
@@ -38,6 +38,16 @@ from .metrics import ERROR_CODE
 from .proxy import own_hosts, public_origin
 
 log = logging.getLogger("tusd_py.handlers")
+
+
+def lock_service_errors() -> tuple[type[BaseException], ...]:
+    """What a lock service that is down raises: redis-py's errors only when Redis is in use
+    (redis is not imported without it, and nothing can raise them then)."""
+    redis_exceptions = sys.modules.get("redis.exceptions")
+    if redis_exceptions is None:
+        return (BackendUnavailable,)
+    return (redis_exceptions.RedisError, BackendUnavailable)
+
 
 #: methods that change uploads: refused while the server shuts down
 WRITES = frozenset({"POST", "PATCH", "DELETE"})
@@ -115,7 +125,7 @@ class TusHandlers:
         except DBAPIError:
             log.exception("database error")
             return error_response(ServerFault(), request, method)
-        except (RedisError, BackendUnavailable) as exc:
+        except lock_service_errors() as exc:
             # the lock service is down: reads go on from the database, writes wait for it
             log.warning("Redis unavailable in %s %s: %s", method, request.url.path, exc)
             return error_response(

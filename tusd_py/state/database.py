@@ -41,14 +41,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import TimeoutError as QueueTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..config import normalize_database_url
 from .postgres_direct import DirectStatements, connect_options
+
+if TYPE_CHECKING:
+    # imported where a PostgreSQL engine is made (it brings greenlet): not on SQLite
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 
@@ -96,6 +99,8 @@ def engine_pool_size(pool_size: int) -> int:
 
 
 def _postgres_engine(url: str, pool_size: int, max_overflow: int, timeout: float) -> AsyncEngine:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     connect_args = connect_options(url, STATEMENT_TIMEOUT)
     return create_async_engine(
         normalize_database_url(url),

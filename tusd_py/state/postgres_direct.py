@@ -18,13 +18,18 @@ any other database error DBAPIError (500).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.dialects import postgresql
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+# psycopg and psycopg_pool are imported where a pool is made: a server on SQLite does not
+# carry them (about 17 MiB per process)
 
 
 class CompiledStatement:
@@ -66,6 +71,8 @@ class DirectStatements:
         timeout: float,
         statement_timeout: float,
     ) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
         self.timeout = timeout
         # psycopg prepares a statement on a connection after a few executions (default)
         kwargs = {"autocommit": True, **connect_options(url, statement_timeout)}
@@ -112,6 +119,9 @@ class DirectStatements:
     async def _run(
         self, statement: CompiledStatement, values: Mapping[str, Any], fetch: bool
     ) -> tuple[list[tuple[Any, ...]], int]:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
         await self.open()
         params = statement.params(values)
         try:
