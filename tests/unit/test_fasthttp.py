@@ -495,3 +495,66 @@ def wait_until(condition: Any, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(condition())
+
+
+def test_connections_that_start_a_request_past_the_budget_wait_without_reading(
+    app: RecordingApp, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head comes with the first slice of its body (up to 256 KiB per read): past the
+    budget, new connections are parked before they read, so 30 more uploads add nothing
+    to what is queued; once the application reads, every one of them is answered."""
+    budget = 1024 * 1024
+    monkeypatch.setattr(fasthttp, "READ_AHEAD", budget)
+    app.delay = 1.5
+    first, later = 4, 30
+    bodies = [random.Random(n).randbytes(2 * 1024 * 1024) for n in range(first + later)]
+    answers: dict[int, tuple[int, bytes]] = {}
+
+    def upload(n: int) -> None:
+        with connect(port) as sock:
+            head = request_head(f"/upload/{n}", {"Content-Length": str(len(bodies[n]))})
+            sock.sendall(head + bodies[n])
+            answers[n] = read_response(sock.makefile("rb"))
+
+    threads = [threading.Thread(target=upload, args=(n,)) for n in range(first + later)]
+    for thread in threads[:first]:
+        thread.start()
+    assert wait_until(lambda: fasthttp.queued_total() > budget)
+    for thread in threads[first:]:
+        thread.start()
+    peak = parked = 0
+    deadline = time.monotonic() + 1.0  # within the application's delay
+    while time.monotonic() < deadline:
+        peak = max(peak, fasthttp.queued_total())
+        parked = max(parked, fasthttp.parked_connections())
+        time.sleep(0.005)
+    assert parked >= later // 2, parked
+    # the first uploads' reads, and none of the later ones' (without parking: 30 more)
+    assert peak <= budget + 2 * first * fasthttp.SLICE, peak
+    for thread in threads:
+        thread.join(60)
+    assert all(answers[n] == (200, expected_answer(bodies[n])) for n in range(first + later))
+    assert wait_until(lambda: fasthttp.queued_total() == 0 and fasthttp.parked_connections() == 0)
+
+
+def test_a_keep_alive_connection_parked_between_requests_is_not_closed_for_silence(
+    app: RecordingApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parked, a client's next request may already be in the kernel's buffer: the
+    keep-alive timeout must not close the connection under it."""
+    monkeypatch.setattr(fasthttp, "READ_AHEAD", 64 * 1024)
+    with running_server(app) as port:
+        data = random.Random(1).randbytes(300 * 1024)
+        with connect(port) as sock:
+            stream = sock.makefile("rb")
+            sock.sendall(request_head("/one", {"Content-Length": str(len(data))}) + data)
+            assert read_response(stream) == (200, expected_answer(data))
+            # hold the budget with a request the app is slow to read
+            app.delay = 7.0  # past uvicorn's 5 s keep-alive timeout
+            holder = connect(port)
+            holder.sendall(request_head("/slow", {"Content-Length": str(len(data))}) + data)
+            assert wait_until(lambda: fasthttp.parked_connections() >= 1)
+            app.delay = 0.0
+            sock.sendall(request_head("/two", {"Content-Length": str(len(data))}) + data)
+            assert read_response(stream) == (200, expected_answer(data))
+            holder.close()

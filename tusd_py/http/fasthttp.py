@@ -13,6 +13,14 @@ has anything queued, and reads again only when its own application has taken eve
 starved by the others). Without that, 1,000 uploads waiting for an S3 part buffer each
 read ahead a full QUEUE_LIMIT: a GiB of body bytes that nobody was ready for.
 
+A socket read takes whatever the kernel has, up to 256 KiB, and a request's head usually
+comes with the first slice of its body. So while the process is past READ_AHEAD, a
+connection that is between requests (or new) is parked: it stops reading before its next
+head, and its keep-alive timer stops. Parked connections read again, oldest first, as the
+queued bytes fall below half of READ_AHEAD: as many as the free budget has room for one
+slice each. Without parking, each of 500 connections starting a request brought one slice
+(about 125 MiB per process) whatever READ_AHEAD said.
+
 Every wait on the client has a deadline here, because uvicorn has none for them: a request
 head that is not complete within HEADER_TIMEOUT gets 408 and the connection is closed (a
 slow-loris client holds nothing for long), and a body that stops arriving for
@@ -49,15 +57,47 @@ QUEUE_LIMIT = 1024 * 1024
 READ_AHEAD = 32 * 1024 * 1024
 
 
+#: what one socket read may bring (uvloop's and asyncio's read size): the room a parked
+#: connection needs in the budget before it may read its next request
+SLICE = 256 * 1024
+
+
 class _Queued:
-    """Body bytes queued in this process (the event loop's thread only touches it)."""
+    """Body bytes queued in this process, and the connections that wait for room to start
+    their next request (the event loop's thread only touches them)."""
 
     total = 0
+    #: connections between requests that read: parked when the budget is passed
+    idle: dict[Any, None] = {}
+    #: connections between requests that do not read until there is room, oldest first
+    parked: dict[Any, None] = {}
 
 
 def _account(cycle: Any, size: int) -> None:
     cycle.queued += size
     _Queued.total += size
+    if size > 0:
+        if _Queued.total > READ_AHEAD and _Queued.idle:
+            _park_idle_connections()
+    elif _Queued.parked and _Queued.total <= READ_AHEAD // 2:
+        _unpark_connections()
+
+
+def _park_idle_connections() -> None:
+    for protocol in list(_Queued.idle):
+        protocol.park()
+
+
+def _unpark_connections() -> None:
+    room = max(1, (READ_AHEAD - _Queued.total) // SLICE)
+    while _Queued.parked and room > 0:
+        protocol = next(iter(_Queued.parked))
+        protocol.unpark()
+        room -= 1
+
+
+def parked_connections() -> int:
+    return len(_Queued.parked)
 
 
 def _forget_queue(cycle: Any) -> None:
@@ -67,8 +107,7 @@ def _forget_queue(cycle: Any) -> None:
         chunks.clear()
     queued = getattr(cycle, "queued", 0)
     if queued:
-        _Queued.total -= queued
-        cycle.queued = 0
+        _account(cycle, -queued)
 
 
 def queued_total() -> int:
@@ -117,9 +156,16 @@ def protocol_class() -> type[Any] | str:
         )
     except ImportError:  # httptools not installed: h11 it is
         return "auto"
-    if not all(
-        hasattr(HttpToolsProtocol, name) for name in ("_start_asgi_task", "on_body")
-    ) or not hasattr(RequestResponseCycle, "receive"):
+    needed = (
+        "_start_asgi_task",
+        "on_body",
+        "on_response_complete",
+        "_unset_keepalive_if_required",
+        "timeout_keep_alive_handler",
+    )
+    if not all(hasattr(HttpToolsProtocol, name) for name in needed) or not hasattr(
+        RequestResponseCycle, "receive"
+    ):
         log.warning("uvicorn internals changed; using its stock HTTP protocol")
         return "auto"
 
@@ -136,18 +182,58 @@ def protocol_class() -> type[Any] | str:
             super().connection_made(transport)
             self.head_started = self.last_data = self.loop.time()
             self._arm_watchdog()
+            self._between_requests()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self.watchdog is not None:
                 self.watchdog.cancel()
                 self.watchdog = None
+            _Queued.idle.pop(self, None)
+            _Queued.parked.pop(self, None)
             super().connection_lost(exc)
+
+        # --- parking (see the module's docstring) ------------------------------------
+
+        def _between_requests(self) -> None:
+            if _Queued.total > READ_AHEAD:
+                self.park()
+            else:
+                _Queued.idle[self] = None
+
+        def park(self) -> None:
+            _Queued.idle.pop(self, None)
+            if self.transport.is_closing():
+                return
+            self.flow.pause_reading()
+            # a parked client may have sent its next request already: closing it for
+            # keep-alive silence would drop that request
+            self._unset_keepalive_if_required()
+            _Queued.parked[self] = None
+
+        def unpark(self) -> None:
+            _Queued.parked.pop(self, None)
+            if self.transport.is_closing():
+                return
+            _Queued.idle[self] = None
+            self.head_started = self.loop.time()  # its head deadline starts now
+            self.flow.resume_reading()
+            if self.cycle is not None and self.timeout_keep_alive_task is None:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # between requests: nothing pipelined, and no next head begun
+            if not self.transport.is_closing() and not self.pipeline and not self.awaiting_head:
+                self._between_requests()
 
         def data_received(self, data: bytes) -> None:
             self.last_data = self.loop.time()
             super().data_received(data)
 
         def on_message_begin(self) -> None:
+            _Queued.idle.pop(self, None)
             self.head_bytes = 0
             self.awaiting_head = True
             self.head_started = self.loop.time()
@@ -178,6 +264,10 @@ def protocol_class() -> type[Any] | str:
             now = self.loop.time()
             cycle: Any = self.cycle
             idle_head = self.awaiting_head and (cycle is None or cycle.response_complete)
+            if self in _Queued.parked:
+                idle_head = False  # its silence is ours: we are not reading
+                if _Queued.total <= READ_AHEAD // 2:
+                    _unpark_connections()  # in case no queued byte was taken since
             if idle_head and HEADER_TIMEOUT > 0 and now - self.head_started > HEADER_TIMEOUT:
                 self._send_408()
                 return
