@@ -438,6 +438,13 @@ def test_a_slow_but_steady_body_is_not_idle(short_deadlines: None, app: Recordin
     assert (status, answer) == (200, expected_answer(data))
 
 
+def upload_whole(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    """One request on a connection of its own, its head and body sent at once."""
+    with connect(port) as sock:
+        sock.sendall(request_head(path, {"Content-Length": str(len(body))}) + body)
+        return read_response(sock.makefile("rb"))
+
+
 def test_read_ahead_of_all_connections_together_stays_bounded(
     app: RecordingApp, port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -453,10 +460,7 @@ def test_read_ahead_of_all_connections_together_stays_bounded(
     answers: dict[int, tuple[int, bytes]] = {}
 
     def upload(n: int) -> None:
-        with connect(port) as sock:
-            head = request_head(f"/upload/{n}", {"Content-Length": str(len(bodies[n]))})
-            sock.sendall(head + bodies[n])
-            answers[n] = read_response(sock.makefile("rb"))
+        answers[n] = upload_whole(port, f"/upload/{n}", bodies[n])
 
     def early() -> None:
         with connect(port) as sock:
@@ -511,10 +515,7 @@ def test_connections_that_start_a_request_past_the_budget_wait_without_reading(
     answers: dict[int, tuple[int, bytes]] = {}
 
     def upload(n: int) -> None:
-        with connect(port) as sock:
-            head = request_head(f"/upload/{n}", {"Content-Length": str(len(bodies[n]))})
-            sock.sendall(head + bodies[n])
-            answers[n] = read_response(sock.makefile("rb"))
+        answers[n] = upload_whole(port, f"/upload/{n}", bodies[n])
 
     threads = [threading.Thread(target=upload, args=(n,)) for n in range(first + later)]
     for thread in threads[:first]:
