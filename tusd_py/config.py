@@ -600,17 +600,21 @@ class Settings:
         "A new connection that sends nothing gets the same deadline.",
     )
     read_ahead_memory: int = option(
-        32 * 1024 * 1024,
+        16 * 1024 * 1024,
         parse=whole_number(64 * 1024),
         metavar="BYTES",
-        shown_default="`33554432` (32 MiB)",
+        shown_default="`16777216` (16 MiB)",
         commands=[SERVE],
-        help="Bytes of request bodies this process may read before the requests ask for "
-        "them, all connections together, at least `65536`; past it a connection pauses "
-        "until its request reads what it has.",
-        doc="Each connection also stops reading at 1 MiB of its own. A request that is "
-        "reading always gets its bytes; the bound applies to requests that wait (for a lock, "
-        "a database connection or an S3 part buffer), which would otherwise hold 1 MiB each.",
+        help="Bytes of request bodies the server may hold before the requests ask for them, "
+        "all connections together, at least `65536`; with `--workers N` each process gets "
+        "an Nth. Past it, connections pause until their requests read what they have.",
+        doc="Each connection also stops reading at 1 MiB of its own, and connections between "
+        "requests wait before reading their next one. A request that is reading always gets "
+        "its bytes; the bound applies to requests that wait (for a lock, a database "
+        "connection or an S3 part buffer). With the file store, as many bytes again may "
+        "wait in each process to be written to disk. Measured with 1,000 concurrent uploads "
+        "on 2 workers (docs/benchmarks.md): peak memory follows this figure, throughput "
+        "hardly does.",
     )
     body_idle_timeout: float = option(
         60.0,
@@ -787,6 +791,12 @@ class Settings:
     def rate_limit_tokens(self) -> int:
         """The burst a client gets: --rate-limit-burst, or one second's worth."""
         return self.rate_limit_burst or max(1, math.ceil(self.rate_limit))
+
+    @property
+    def read_ahead_per_process(self) -> int:
+        """Each worker's share of --read-ahead-memory (and, with the file store, of the
+        bytes that may wait to be written)."""
+        return max(self.read_ahead_memory // self.workers, 64 * 1024)
 
     @property
     def host_locks_dir(self) -> Path:

@@ -151,7 +151,9 @@ class Runtime:
 
 def build_store(settings: Settings) -> Store:
     if not settings.uses_s3:
-        return FileStore(settings.uploads_dir, settings.fsync)
+        return FileStore(
+            settings.uploads_dir, settings.fsync, write_memory=settings.read_ahead_per_process
+        )
     from tusd_storage.s3 import S3Config, S3Store
 
     return S3Store(

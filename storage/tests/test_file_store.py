@@ -464,3 +464,65 @@ def test_memory_does_not_grow_with_upload_size(tmp_path: Path) -> None:
 
     assert asyncio.run(digest_of_stored()) == expected.digest()
     assert store.path(ID).stat().st_size == size
+
+
+# --- the write budget: bytes received and not yet written, per store ----------------------
+
+
+def test_many_appenders_together_hold_at_most_the_write_budget(tmp_path: Path) -> None:
+    """40 requests of 1 MiB in 64 KiB slices, each alone in the 1 MiB batch limit: without
+    the budget they would hold 40 MiB at once; with 512 KiB, every byte still lands."""
+    budget = 512 * 1024
+    store = FileStore(tmp_path, FsyncPolicy.NEVER, write_memory=budget)
+    bodies = {f"upload{n:012d}": random.Random(n).randbytes(MiB) for n in range(40)}
+
+    async def main() -> None:
+        for upload_id in bodies:
+            await store.create(upload_id, MiB)
+
+        async def send(upload_id: str) -> None:
+            appender = store.appender(upload_id, 0)
+            body = bodies[upload_id]
+            for start in range(0, MiB, 64 * 1024):
+                await appender.write(body[start : start + 64 * 1024])
+                await asyncio.sleep(0)  # the other requests take their turns
+            assert (await appender.close()).size == MiB
+
+        await asyncio.wait_for(asyncio.gather(*(send(upload_id) for upload_id in bodies)), 60)
+
+    asyncio.run(main())
+    assert 0 < store.write_budget.peak <= budget
+    assert store.write_budget.used == 0 and store.write_budget.waiting == 0
+    for upload_id, body in bodies.items():
+        assert (tmp_path / upload_id).read_bytes() == body
+
+
+def test_an_aborted_appender_gives_its_batch_back(tmp_path: Path) -> None:
+    store = FileStore(tmp_path, FsyncPolicy.NEVER, write_memory=MiB)
+
+    async def main() -> None:
+        await store.create(ID, None)
+        appender = store.appender(ID, 0)
+        await appender.write(b"x" * 1000)
+        assert store.write_budget.used == 1000
+        await appender.abort()
+
+    asyncio.run(main())
+    assert store.write_budget.used == 0
+
+
+def test_a_wait_for_the_write_budget_ends_with_503_at_its_deadline() -> None:
+    from tusd_storage.buffers import BufferWaitTimeout, ByteBudget
+
+    async def main() -> None:
+        budget = ByteBudget(1000, wait_timeout=0.05)
+        assert budget.try_take(800)
+        with pytest.raises(BufferWaitTimeout) as refused:
+            await budget.take(500)
+        assert refused.value.headers["Retry-After"]
+        assert budget.used == 800 and budget.waiting == 0
+        budget.give(800)
+        await budget.take(5000)  # more than the whole budget counts as all of it
+        assert budget.used == 1000
+
+    asyncio.run(main())

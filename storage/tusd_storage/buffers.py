@@ -264,3 +264,87 @@ class BufferPool:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
         self._wake()  # it may have been first in line, holding back the others
+
+
+class ByteBudget:
+    """Bytes that may be held at once by all holders together, counted rather than
+    allocated: the file store's write batches (bytes objects received from clients and not
+    yet written) draw from one per store. FIFO waits with a deadline, as BufferPool's, and
+    the same rule against deadlock: a holder waits only after it has put everything it
+    holds on its way out (a write in flight always ends, and gives its bytes back).
+
+    A request larger than the whole budget counts as the whole budget."""
+
+    def __init__(self, budget: int, wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> None:
+        if budget < 1:
+            raise ValueError("the byte budget must be positive")
+        self.budget = budget
+        self.wait_timeout = wait_timeout
+        self.used = 0
+        #: the largest `used` seen: what the tests read
+        self.peak = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def charge(self, size: int) -> int:
+        """What `size` bytes count for: give() takes the same."""
+        return min(size, self.budget)
+
+    def try_take(self, size: int) -> bool:
+        """Count `size` bytes now if they fit and nobody waits; never waits."""
+        size = self.charge(size)
+        if self._waiters or self.used + size > self.budget:
+            return False
+        self._count(size)
+        return True
+
+    async def take(self, size: int, timeout: float | None = None) -> None:
+        """Count `size` bytes, in turn; BufferWaitTimeout after `timeout` seconds."""
+        if self.try_take(size):
+            return
+        waiter = (self.charge(size), asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        timeout = self.wait_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter[1]
+        except BaseException as exc:
+            future = waiter[1]
+            if future.done() and not future.cancelled():
+                self.give(waiter[0])  # counted just as it gave up: not its to keep
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                self._wake()  # the next one may fit now
+            if isinstance(exc, TimeoutError):
+                raise BufferWaitTimeout(
+                    f"The server holds as many received bytes as it may ({self.budget} "
+                    f"bytes), and none were written within {timeout:g} s; nothing past the "
+                    f"acknowledged offset was kept. Retry after the time in Retry-After.",
+                    headers={"Retry-After": str(RETRY_AFTER)},
+                ) from None
+            raise
+
+    def give(self, size: int) -> None:
+        self.used -= self.charge(size)
+        self._wake()
+
+    def _count(self, size: int) -> None:
+        self.used += size
+        self.peak = max(self.peak, self.used)
+
+    def _wake(self) -> None:
+        while self._waiters:
+            size, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if self.used + size > self.budget:
+                return
+            self._waiters.popleft()
+            self._count(size)
+            future.set_result(None)

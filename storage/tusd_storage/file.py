@@ -30,8 +30,11 @@ from .base import (
     Store,
     Stored,
 )
+from .buffers import ByteBudget
 
 BATCH_BYTES = 1024 * 1024
+#: bytes received and not yet written, all requests of the process together (see FileAppender)
+WRITE_MEMORY = 16 * 1024 * 1024
 READ_BLOCK = 1024 * 1024
 #: pwritev takes at most IOV_MAX buffers
 MAX_IOVECS = min(getattr(os, "IOV_MAX", 1024), 1024)
@@ -55,10 +58,17 @@ class FileStore(Store):
         {Capability.CONCATENATION, Capability.RANGE_READS, Capability.DEFERRED_LENGTH}
     )
 
-    def __init__(self, directory: Path | str, fsync: FsyncPolicy = FsyncPolicy.ALWAYS) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
+        write_memory: int = WRITE_MEMORY,
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        #: what every appender's batches and writes in flight draw from
+        self.write_budget = ByteBudget(write_memory)
 
     def path(self, upload_id: str) -> Path:
         # ids are validated by the protocol layer; this guards against a bug above us
@@ -82,7 +92,7 @@ class FileStore(Store):
         layout: Layout = EMPTY_LAYOUT,
         length: int | None = None,
     ) -> Appender:
-        return FileAppender(self.path(upload_id), offset, self.fsync)
+        return FileAppender(self.path(upload_id), offset, self.fsync, self.write_budget)
 
     async def read(
         self, upload_id: str, start: int, end: int, layout: Layout = EMPTY_LAYOUT
@@ -210,7 +220,20 @@ def _copy_range(in_fd: int, out_fd: int, length: int) -> None:
 
 
 class FileAppender(Appender):
-    def __init__(self, path: Path, offset: int, fsync: FsyncPolicy) -> None:
+    """Appends a request's bytes in batches of up to BATCH_BYTES, each written by a worker
+    thread while the next one fills.
+
+    Every byte in a batch or a write in flight counts against the store's write budget.
+    Without it, memory grew with concurrency: each of 500 requests held its whole 256 KiB
+    body between reading it and the thread pool getting to its write, about 125 MiB per
+    process. A request that finds the budget spent first sends its own batch on its way,
+    then waits (in turn, up to the budget's deadline) without taking more bytes from its
+    connection, whose reading pauses: backpressure to the client."""
+
+    def __init__(
+        self, path: Path, offset: int, fsync: FsyncPolicy, budget: ByteBudget | None = None
+    ) -> None:
+        self._budget = budget if budget is not None else ByteBudget(WRITE_MEMORY)
         self._path = path
         self._fd: int | None = None
         self._position = offset
@@ -232,6 +255,9 @@ class FileAppender(Appender):
     async def write(self, chunk: bytes) -> None:
         if not chunk:
             return
+        if not self._budget.try_take(len(chunk)):
+            await self._submit()  # what we hold goes out first: it frees room when written
+            await self._budget.take(len(chunk))
         self._batch.append(chunk)
         self._batch_size += len(chunk)
         if self._batch_size >= BATCH_BYTES or len(self._batch) >= MAX_IOVECS:
@@ -243,11 +269,25 @@ class FileAppender(Appender):
             await pending
         if not self._batch:
             return
-        batch, position = self._batch, self._position
-        self._position += self._batch_size
+        batch, size, position = self._batch, self._batch_size, self._position
+        self._position += size
         self._batch, self._batch_size = [], 0
-        fd = self._open()
-        self._pending = asyncio.ensure_future(asyncio.to_thread(_pwrite_all, fd, batch, position))
+        try:
+            fd = self._open()
+        except BaseException:
+            self._give_back(batch)
+            raise
+        self._pending = asyncio.ensure_future(self._write(fd, batch, position))
+
+    async def _write(self, fd: int, batch: list[bytes], position: int) -> None:
+        try:
+            await asyncio.to_thread(_pwrite_all, fd, batch, position)
+        finally:
+            self._give_back(batch)
+
+    def _give_back(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._budget.give(len(chunk))
 
     async def close(self) -> Stored:
         try:
@@ -262,7 +302,8 @@ class FileAppender(Appender):
         return Stored(self._position - self._start)
 
     async def abort(self) -> None:
-        self._batch = []
+        self._give_back(self._batch)
+        self._batch, self._batch_size = [], 0
         if self._pending is not None:
             pending, self._pending = self._pending, None
             try:

@@ -32,7 +32,7 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     """The tus server as an ASGI application; `store` replaces the one the settings name
     (a custom store, or one with fewer capabilities)."""
     fasthttp.configure(
-        settings.header_timeout, settings.body_idle_timeout, settings.read_ahead_memory
+        settings.header_timeout, settings.body_idle_timeout, settings.read_ahead_per_process
     )
     database = make_database(settings)
     redis = make_redis(settings) if settings.redis_url else None

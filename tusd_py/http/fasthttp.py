@@ -54,7 +54,7 @@ log = logging.getLogger("tusd_py.fasthttp")
 QUEUE_LIMIT = 1024 * 1024
 #: bytes of request body that may wait, in all connections of the process together, before
 #: a connection with anything queued is paused (see the module's docstring)
-READ_AHEAD = 32 * 1024 * 1024
+READ_AHEAD = 16 * 1024 * 1024
 
 
 #: what one socket read may bring (uvloop's and asyncio's read size): the room a parked
