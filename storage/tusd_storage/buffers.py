@@ -66,6 +66,15 @@ class BufferWaitTimeout(ServiceUnavailable, StorageError):
     )
 
 
+def wait_timed_out(budget: int, timeout: float) -> BufferWaitTimeout:
+    return BufferWaitTimeout(
+        f"The server holds as many upload bytes in memory as it may ({budget} bytes), and "
+        f"none came free within {timeout:g} s; nothing past the acknowledged offset was "
+        f"kept. Retry after the time in Retry-After.",
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
+
+
 def rounded(size: int) -> int:
     """`size` rounded up to the buffer grain (at least one grain)."""
     return max(-(-size // GRAIN) * GRAIN, GRAIN)
@@ -162,13 +171,7 @@ class BufferPool:
         except BaseException as exc:
             self._leave(waiter)
             if isinstance(exc, TimeoutError):
-                raise BufferWaitTimeout(
-                    f"The server holds as many upload bytes in memory as it may "
-                    f"({self.budget} bytes), and none came free within {timeout:g} s; nothing "
-                    f"past the acknowledged offset was kept. Retry after the time in "
-                    f"Retry-After.",
-                    headers={"Retry-After": str(RETRY_AFTER)},
-                ) from None
+                raise wait_timed_out(self.budget, timeout) from None
             raise
 
     def give(self, buffer: Buffer) -> None:
@@ -321,12 +324,7 @@ class ByteBudget:
                     self._waiters.remove(waiter)
                 self._wake()  # the next one may fit now
             if isinstance(exc, TimeoutError):
-                raise BufferWaitTimeout(
-                    f"The server holds as many received bytes as it may ({self.budget} "
-                    f"bytes), and none were written within {timeout:g} s; nothing past the "
-                    f"acknowledged offset was kept. Retry after the time in Retry-After.",
-                    headers={"Retry-After": str(RETRY_AFTER)},
-                ) from None
+                raise wait_timed_out(self.budget, timeout) from None
             raise
 
     def give(self, size: int) -> None:
