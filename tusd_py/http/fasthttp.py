@@ -16,10 +16,14 @@ read ahead a full QUEUE_LIMIT: a GiB of body bytes that nobody was ready for.
 A socket read takes whatever the kernel has, up to 256 KiB, and a request's head usually
 comes with the first slice of its body. So while the process is past READ_AHEAD, a
 connection that is between requests (or new) is parked: it stops reading before its next
-head, and its keep-alive timer stops. Parked connections read again, oldest first, as the
-queued bytes fall below half of READ_AHEAD: as many as the free budget has room for one
-slice each. Without parking, each of 500 connections starting a request brought one slice
-(about 125 MiB per process) whatever READ_AHEAD said.
+head, and its keep-alive timer stops; while any connection is parked, others between
+requests queue behind it. Parked connections read again, oldest first, as queued bytes are
+taken: as many as the budget has room for a slice each, counting a slice for each
+connection let go in the last RESERVED_FOR seconds that has not begun its request yet.
+Without parking, each of 500 connections starting a request brought one slice (about
+125 MiB per process) whatever READ_AHEAD said. (A first version let parked connections go
+only below half of READ_AHEAD; under load the queue hovered above that, and connections
+stayed parked for seconds: PATCH p99 8-11 s instead of 2 s.)
 
 Every wait on the client has a deadline here, because uvicorn has none for them: a request
 head that is not complete within HEADER_TIMEOUT gets 408 and the connection is closed (a
@@ -71,6 +75,14 @@ class _Queued:
     idle: dict[Any, None] = {}
     #: connections between requests that do not read until there is room, oldest first
     parked: dict[Any, None] = {}
+    #: connections let go from the parking with the room of one slice set aside for them,
+    #: until their next request begins (or RESERVED_FOR seconds pass), by when they left
+    reserved: dict[Any, float] = {}
+
+
+#: a connection let go from the parking keeps the room of one slice this long at most (a
+#: client that is not about to send must not hold room that others wait for)
+RESERVED_FOR = 1.0
 
 
 def _account(cycle: Any, size: int) -> None:
@@ -79,7 +91,7 @@ def _account(cycle: Any, size: int) -> None:
     if size > 0:
         if _Queued.total > READ_AHEAD and _Queued.idle:
             _park_idle_connections()
-    elif _Queued.parked and _Queued.total <= READ_AHEAD // 2:
+    elif _Queued.parked:
         _unpark_connections()
 
 
@@ -88,12 +100,29 @@ def _park_idle_connections() -> None:
         protocol.park()
 
 
+def _room(now: float) -> int:
+    """Budget left for connections to start requests: what is queued, and a slice for each
+    connection let go recently that has not begun its request yet, are taken."""
+    reserved = _Queued.reserved
+    while reserved:
+        oldest, since = next(iter(reserved.items()))
+        if now - since < RESERVED_FOR:
+            break
+        del reserved[oldest]
+    return READ_AHEAD - _Queued.total - len(reserved) * SLICE
+
+
 def _unpark_connections() -> None:
-    room = max(1, (READ_AHEAD - _Queued.total) // SLICE)
-    while _Queued.parked and room > 0:
+    """Let parked connections read, oldest first, while the budget has a slice of room for
+    each (and at least one when nothing is queued, so that a budget smaller than a slice
+    still moves)."""
+    if not _Queued.parked:
+        return
+    now = asyncio.get_running_loop().time()
+    while _Queued.parked and (_room(now) >= SLICE or (_Queued.total == 0 and not _Queued.reserved)):
         protocol = next(iter(_Queued.parked))
         protocol.unpark()
-        room -= 1
+        _Queued.reserved[protocol] = now
 
 
 def parked_connections() -> int:
@@ -190,18 +219,22 @@ def protocol_class() -> type[Any] | str:
                 self.watchdog = None
             _Queued.idle.pop(self, None)
             _Queued.parked.pop(self, None)
+            if _Queued.reserved.pop(self, None) is not None:
+                _unpark_connections()  # its room is free again
             super().connection_lost(exc)
 
         # --- parking (see the module's docstring) ------------------------------------
 
         def _between_requests(self) -> None:
-            if _Queued.total > READ_AHEAD:
-                self.park()
+            if _Queued.total > READ_AHEAD or _Queued.parked:
+                self.park()  # behind those already waiting: first come, first served
+                _unpark_connections()
             else:
                 _Queued.idle[self] = None
 
         def park(self) -> None:
             _Queued.idle.pop(self, None)
+            _Queued.reserved.pop(self, None)
             if self.transport.is_closing():
                 return
             self.flow.pause_reading()
@@ -234,6 +267,7 @@ def protocol_class() -> type[Any] | str:
 
         def on_message_begin(self) -> None:
             _Queued.idle.pop(self, None)
+            _Queued.reserved.pop(self, None)  # its bytes count as they arrive now
             self.head_bytes = 0
             self.awaiting_head = True
             self.head_started = self.loop.time()
@@ -266,8 +300,7 @@ def protocol_class() -> type[Any] | str:
             idle_head = self.awaiting_head and (cycle is None or cycle.response_complete)
             if self in _Queued.parked:
                 idle_head = False  # its silence is ours: we are not reading
-                if _Queued.total <= READ_AHEAD // 2:
-                    _unpark_connections()  # in case no queued byte was taken since
+                _unpark_connections()  # room set aside for others may have lapsed
             if idle_head and HEADER_TIMEOUT > 0 and now - self.head_started > HEADER_TIMEOUT:
                 self._send_408()
                 return
