@@ -526,3 +526,26 @@ def test_a_wait_for_the_write_budget_ends_with_503_at_its_deadline() -> None:
         assert budget.used == 1000
 
     asyncio.run(main())
+
+
+def test_a_slow_clients_bytes_reach_the_file_without_waiting_for_a_full_batch(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 1 KiB a second a 1 MiB batch would hold bytes in memory for 17 minutes; a batch
+    whose first chunk is older than BATCH_MAX_AGE is written when the next chunk comes."""
+    monkeypatch.setattr(file_module, "BATCH_MAX_AGE", 0.05)
+
+    async def main() -> None:
+        await store.create(ID, None)
+        appender = store.appender(ID, 0)
+        await appender.write(b"a" * 1024)
+        await asyncio.sleep(0.06)
+        await appender.write(b"b" * 1024)
+        await asyncio.sleep(0.05)  # the write runs in a worker thread
+        assert (store.directory / ID).read_bytes() == b"a" * 1024 + b"b" * 1024
+        assert store.write_budget.used == 0  # nothing of it is held any more
+        await appender.write(b"c" * 1024)  # young: it waits for more, or for close
+        assert store.write_budget.used == 1024
+        assert (await appender.close()).size == 3 * 1024
+
+    asyncio.run(main())

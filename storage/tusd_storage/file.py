@@ -35,6 +35,9 @@ from .buffers import ByteBudget
 BATCH_BYTES = 1024 * 1024
 #: bytes received and not yet written, all requests of the process together (see FileAppender)
 WRITE_MEMORY = 16 * 1024 * 1024
+#: seconds the first byte of a batch may wait for the batch to fill: a slow client's bytes
+#: go to disk at this pace instead of waiting in memory for 1 MiB (at 1 KiB/s: 17 minutes)
+BATCH_MAX_AGE = 1.0
 READ_BLOCK = 1024 * 1024
 #: pwritev takes at most IOV_MAX buffers
 MAX_IOVECS = min(getattr(os, "IOV_MAX", 1024), 1024)
@@ -241,6 +244,8 @@ class FileAppender(Appender):
         self._fsync = fsync
         self._batch: list[bytes] = []
         self._batch_size = 0
+        #: when the batch's first chunk came (event loop time)
+        self._batch_started = 0.0
         #: the write of the previous batch, still running in a worker thread
         self._pending: asyncio.Future[None] | None = None
 
@@ -258,9 +263,16 @@ class FileAppender(Appender):
         if not self._budget.try_take(len(chunk)):
             await self._submit()  # what we hold goes out first: it frees room when written
             await self._budget.take(len(chunk))
+        now = asyncio.get_running_loop().time()
+        if not self._batch:
+            self._batch_started = now
         self._batch.append(chunk)
         self._batch_size += len(chunk)
-        if self._batch_size >= BATCH_BYTES or len(self._batch) >= MAX_IOVECS:
+        if (
+            self._batch_size >= BATCH_BYTES
+            or len(self._batch) >= MAX_IOVECS
+            or now - self._batch_started >= BATCH_MAX_AGE
+        ):
             await self._submit()
 
     async def _submit(self) -> None:
