@@ -95,10 +95,13 @@ class SlowClient:
             self.writer.close()
 
 
-def tusd_py(port: int, data: Path) -> Server:
+def tusd_py(port: int, data: Path, extra: list[str]) -> Server:
     command = [sys.executable, "-m", "tusd_py", "serve", "--port", str(port)]
     return Server(
-        "tusd-py", [*command, "--data-dir", str(data), "--log-level", "warning"], port, data
+        "tusd-py",
+        [*command, "--data-dir", str(data), "--log-level", "warning", *extra],
+        port,
+        data,
     )
 
 
@@ -202,6 +205,9 @@ def main() -> None:
     parser.add_argument("--size", default="1MiB")
     parser.add_argument("--chunk", default="256KiB")
     parser.add_argument("--dir", default="/dev/shm/tusd-trickle")
+    parser.add_argument(
+        "--server-args", default="", help="extra options for tusd-py serve (one string)"
+    )
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the flood's own sockets
@@ -210,7 +216,7 @@ def main() -> None:
     try:
         for flood in (False, True):
             port = free_port()
-            server = tusd_py(port, data)
+            server = tusd_py(port, data, args.server_args.split())
             server.start()
             assert server.process is not None
             pid = server.process.pid
