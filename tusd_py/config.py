@@ -550,8 +550,9 @@ class Settings:
         commands=STORE,
         help="Redis for the shared upload cache, the upload locks and the handover channel: "
         "`redis://[:password@]host:6379/0`, or `rediss://` for TLS.",
-        doc="Needed to run several processes or hosts on one database; without it the cache "
-        "and locks live in the process. See [deployment.md](deployment.md).",
+        doc="Needed to run several hosts on one database; without it the locks are shared by "
+        "the processes of this host that use the same `--data-dir`, and each process keeps "
+        "its own cache. See [deployment.md](deployment.md).",
     )
     redis_pool_size: int = option(
         200,
@@ -586,8 +587,9 @@ class Settings:
         help="Server processes on this host, at least `1`.",
         doc="Each builds its own application and pools from the same settings. Without "
         "`--redis-url` they share upload locks through `DATA_DIR/locks` (record locks on one "
-        "file, handover through a socket per process) and read every state from the "
-        "database; with it, through Redis. Processes on other hosts need Redis.",
+        "file, handover through a socket per process), and each believes its memory of an "
+        "upload only while no other process has held it since; with it, through Redis. "
+        "Processes on other hosts need Redis.",
     )
     header_timeout: float = option(
         30.0,

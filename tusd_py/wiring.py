@@ -36,8 +36,7 @@ from .metrics.instrumented import MeteredLocks, MeteredStore
 from .state import migrations
 from .state.database import Database
 from .state.host_locks import HostLocks
-from .state.local_locks import LocalLocks
-from .state.memory_cache import NoCache, StateCache
+from .state.memory_cache import StateCache
 from .state.sql import Repository
 
 if TYPE_CHECKING:
@@ -219,14 +218,18 @@ def build_service(
             settings.lock_handover_timeout,
             cache=redis_cache,
         )
-    elif settings.workers > 1:
-        # several processes of this host share the database: locks between them, and no
-        # process may answer from a memory that another process's commit left behind
-        cache = NoCache()
-        locks = HostLocks(settings.host_locks_dir, settings.lock_acquire_timeout)
     else:
-        cache = StateCache(settings.cache_entries)
-        locks = LocalLocks(settings.lock_acquire_timeout)
+        # the processes of this host (the workers, gc) share the locks; each process's
+        # memory of an upload lasts while no other process has held the upload since
+        state_cache = StateCache(settings.cache_entries)
+        host_locks = HostLocks(
+            settings.host_locks_dir,
+            settings.lock_acquire_timeout,
+            forget=state_cache.drop,
+            shared_required=settings.workers > 1,
+        )
+        state_cache.current = host_locks.is_tenured
+        cache, locks = state_cache, host_locks
     if meter is not NULL_METER:
         store = MeteredStore(store, meter)
         locks = MeteredLocks(locks, meter)

@@ -213,3 +213,23 @@ def test_gc_command_accepts_the_expiration_option(server_factory) -> None:  # ty
     result = run_gc(server, "--expiration", "3600")
     assert result.returncode == 0, result.stderr.decode()
     assert bytes_file(server, url).exists()
+
+
+def test_gc_beside_a_running_server_leaves_it_no_stale_state(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """gc reclaims an idle upload while the server runs and has the upload's state in
+    memory: the server must learn of it (gc takes the upload's lock, and the server's
+    memory of an upload lasts only while no other process has held it), so the next HEAD
+    and PATCH answer that the upload is gone instead of writing into a removed file."""
+    server = server_factory()  # no expiry of its own: only gc's --max-idle reclaims
+    with tus_client(server) as client:
+        url = create(client, 10)
+        assert patch(client, url, 0, b"abcde").status_code == 204
+        assert client.head(url).headers["upload-offset"] == "5"  # in the server's memory now
+        time.sleep(1.5)
+        result = run_gc(server, "--max-idle", "1")
+        assert result.returncode == 0, result.stderr.decode()
+        assert b"reclaimed 1 expired upload" in result.stdout
+        assert not bytes_file(server, url).exists()
+        assert client.head(url).status_code in (404, 410)
+        response = patch(client, url, 5, b"fghij")
+        assert response.status_code in (404, 410), response.text

@@ -132,3 +132,23 @@ def test_the_cached_version_is_the_highest_written(versions: list[int]) -> None:
     assert cached is not None
     assert cached.version == max(versions)
     assert cached.offset == max(versions)
+
+
+def test_an_entry_another_process_may_have_overtaken_is_not_given_out() -> None:
+    tenured = {"a" * 16: True}
+    cache = StateCache(current=lambda upload_id: tenured.get(upload_id, False))
+    run(cache.put(make()))
+    assert run(cache.get("a" * 16)) == make()
+    tenured["a" * 16] = False  # another process took the upload's lock
+    assert run(cache.get("a" * 16)) is None
+    tenured["a" * 16] = True  # back with us: but the old entry is gone, not believed again
+    assert run(cache.get("a" * 16)) is None
+    assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_drop_forgets_at_once() -> None:
+    cache = StateCache()
+    run(cache.put(make()))
+    cache.drop("a" * 16)
+    cache.drop("a" * 16)
+    assert run(cache.get("a" * 16)) is None

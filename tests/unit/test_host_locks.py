@@ -267,3 +267,62 @@ def test_too_long_a_directory_is_refused_with_a_sentence(tmp_path: Path) -> None
             await locks.start()
 
     run(main)
+
+
+# --- tenure: a process believes its memory of an upload only while no other held it since
+
+
+def test_a_process_forgets_an_upload_that_another_process_held_since(
+    tmp_path: Path, holders: list[Holder]
+) -> None:
+    forgotten: list[str] = []
+
+    async def main() -> None:
+        locks = HostLocks(tmp_path, acquire_timeout=5, forget=forgotten.append)
+        await locks.start()
+        try:
+            async with locks.hold(ID):
+                pass
+            assert locks.is_tenured(ID)
+            forgotten.clear()
+            async with locks.hold(ID):  # nobody else held it: what we remember stands
+                pass
+            assert forgotten == [] and locks.is_tenured(ID)
+            holder = await asyncio.to_thread(start_holder, holders, tmp_path)
+            assert not locks.is_tenured(ID)  # the other process holds it now
+            async with locks.hold(ID):  # it lets go; what it wrote may be newer than ours
+                assert forgotten == [ID]
+                assert locks.is_tenured(ID)
+            assert holder.read_line() == "handed over"
+            assert not locks.is_tenured("q" * 16)  # never held here
+        finally:
+            await locks.stop()
+
+    run(main, timeout=30)
+
+
+def test_where_record_locks_fail_one_process_keeps_locks_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno as errno_module
+
+    def no_locks(*args: object) -> None:
+        raise OSError(errno_module.ENOLCK, "No locks available")
+
+    monkeypatch.setattr("tusd_py.state.host_locks.fcntl.lockf", no_locks)
+
+    async def main() -> None:
+        alone = HostLocks(tmp_path / "a", shared_required=False)
+        await alone.start()
+        try:
+            assert not alone.shared
+            async with alone.hold(ID):
+                assert alone.is_held(ID) and await alone.held_anywhere(ID)
+            assert alone.is_tenured(ID)  # alone, every write is its own
+        finally:
+            await alone.stop()
+        workers = HostLocks(tmp_path / "b", shared_required=True)
+        with pytest.raises(OSError, match="cannot share upload locks"):
+            await workers.start()
+
+    run(main)

@@ -26,6 +26,9 @@ def run(settings: Settings) -> int:
         redis = make_redis(settings) if settings.redis_url else None
         service = build_service(settings, database, redis)
         maintenance = Maintenance(service)
+        # the locks a running server holds (Redis, or this host's through --data-dir): gc
+        # leaves what a request holds, and the server learns what gc took
+        await service.locks.start()
         try:
             await service.store.open()
             idle = None if settings.max_idle is None else timedelta(seconds=settings.max_idle)
@@ -34,6 +37,7 @@ def run(settings: Settings) -> int:
             orphans = await maintenance.collect_orphans(timedelta(seconds=settings.orphan_age))
             return reclaimed, orphans
         finally:
+            await service.locks.stop()
             await service.store.close()
             await database.close()
             if redis is not None:

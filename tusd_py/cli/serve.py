@@ -82,11 +82,9 @@ def run(settings: Settings) -> int:
     if raised is not None:
         logging.getLogger("tusd_py").info("open files limit raised from %d to %d", *raised)
     if settings.redis_url is None and not settings.resolved_database_url.startswith("sqlite"):
-        where = "this process" if settings.workers == 1 else "the processes of this host"
         logging.getLogger("tusd_py").warning(
-            "no --redis-url: locks live in %s, so only this one instance may use "
-            "this database; run several only with Redis",
-            where,
+            "no --redis-url: locks live in the processes of this host, so only this one "
+            "instance may use this database; run several only with Redis"
         )
     common: dict[str, Any] = {
         "http": protocol_import_string(),

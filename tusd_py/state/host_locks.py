@@ -14,6 +14,22 @@ file, one per process (`<pid>.sock`): a newcomer that finds the upload held else
 kernel offers no wait on a record lock that an event loop can await with a deadline, so the
 newcomer polls for it, from a millisecond apart up to POLL_MAX apart, until acquire_timeout
 (then 423, as LocalLocks answers). Uncontended, a lock costs two fcntl calls.
+
+Tenure: which process held an upload last. A process may answer from its memory of an
+upload (the state cache) only while no other process has held the upload since it last did:
+every other writer (another worker, `tusd-py gc`) holds the lock to write. A shared table
+of TENURE_SLOTS words (`tenure`, mapped by every process) keeps, per slot of upload ids,
+a mark of the process and upload that took the lock last. Taking the lock, a process that
+finds another's mark there forgets what it remembers of the upload (`forget`), then writes
+its own; `is_tenured` says whether the mark is still its own, which is when a cached state
+may be believed. Two uploads on one slot only make each other's entries forgotten more
+often; a mark is a keyed hash of the upload's id with a key of the process's own, so no
+other process or upload can write it.
+
+Without the Redis cache, every server uses these locks, one process or N: so `gc` (run
+with the same --data-dir) can see and take the uploads a running server holds, and the
+server forgets what gc changed. Where record locks do not work (some network file systems)
+a single process falls back to locks of its own, and says so; several refuse to start.
 """
 
 from __future__ import annotations
@@ -24,9 +40,10 @@ import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from tusd_protocol.errors import UploadLocked
@@ -45,6 +62,8 @@ RESEND_EVERY = 0.25
 SOCKET_PATH_MAX = 100
 
 _RANGE_BITS = 62
+#: slots of the tenure table (8 bytes each: a 512 KiB file)
+TENURE_SLOTS = 1 << 16
 
 
 def lock_offset(upload_id: str) -> int:
@@ -57,15 +76,31 @@ def lock_offset(upload_id: str) -> int:
 class HostLocks:
     """Locks for the processes of one host that share a lock directory."""
 
-    def __init__(self, directory: Path, acquire_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        acquire_timeout: float = 20.0,
+        *,
+        forget: Callable[[str], None] | None = None,
+        shared_required: bool = True,
+    ) -> None:
         self.directory = directory
         self.acquire_timeout = acquire_timeout
+        #: called with an upload's id when another process has held it since this one did
+        self.forget = forget
+        #: False: a process alone may fall back to local locks where record locks fail
+        self.shared_required = shared_required
+        #: whether locks are shared with other processes (False: fallen back)
+        self.shared = True
         self._local = LocalLocks(acquire_timeout)
         self._fd: int | None = None
         self._inbox: socket.socket | None = None
         self._inbox_path = directory / f"{os.getpid()}.sock"
         #: record locks this process holds, by offset: two ids on one offset share it
         self._ranges: dict[int, int] = {}
+        self._tenure_map: mmap.mmap | None = None
+        self._tenure: memoryview | None = None
+        self._key = os.urandom(16)
 
     @property
     def stopping(self) -> bool:
@@ -77,6 +112,8 @@ class HostLocks:
     async def held_anywhere(self, upload_id: str) -> bool:
         if self._local.is_held(upload_id):
             return True
+        if not self.shared:
+            return False
         offset = lock_offset(upload_id)
         if offset in self._ranges:
             return True  # another id on the same byte: it would wait for that one
@@ -85,14 +122,58 @@ class HostLocks:
         self._release_range(offset)
         return False
 
+    def is_tenured(self, upload_id: str) -> bool:
+        """No other process has held the upload since this one last took it."""
+        if not self.shared:
+            return True  # alone: every write is ours
+        tenure = self._tenure
+        return tenure is not None and tenure[self._slot(upload_id)] == self._mark(upload_id)
+
     async def start(self) -> None:
-        if len(str(self._inbox_path)) > SOCKET_PATH_MAX:
-            raise ValueError(
-                f"{self.directory}: too long a path for the workers' handover sockets "
-                f"(at most {SOCKET_PATH_MAX - 12} characters); use a shorter --data-dir"
+        try:
+            self._open_shared()
+        except OSError as exc:
+            self._close_shared()
+            if self.shared_required:
+                raise OSError(
+                    f"{self.directory}: the worker processes cannot share upload locks here "
+                    f"({exc}); use a local --data-dir, or --redis-url"
+                ) from exc
+            log.warning(
+                "%s: record locks do not work here (%s); locks stay within this process, so "
+                "run gc only while the server is stopped",
+                self.directory,
+                exc,
             )
+            self.shared = False
+            return
+        self._open_inbox()
+
+    def _open_shared(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.directory / "uploads.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)  # do record locks work?
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
+        size = TENURE_SLOTS * 8
+        fd = os.open(self.directory / "tenure", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)  # zeros: no process's mark
+            self._tenure_map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._tenure = memoryview(self._tenure_map).cast("Q")
+
+    def _open_inbox(self) -> None:
+        if len(str(self._inbox_path)) > SOCKET_PATH_MAX:
+            if self.shared_required:
+                raise ValueError(
+                    f"{self.directory}: too long a path for the workers' handover sockets "
+                    f"(at most {SOCKET_PATH_MAX - 12} characters); use a shorter --data-dir"
+                )
+            # alone, only gc comes from outside, and it never waits for a holder
+            log.info("%s: too long a path for a handover socket; none opened", self.directory)
+            return
         inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         with contextlib.suppress(FileNotFoundError):
             self._inbox_path.unlink()  # a process with our pid that died before us
@@ -109,6 +190,15 @@ class HostLocks:
             self._inbox = None
             with contextlib.suppress(FileNotFoundError):
                 self._inbox_path.unlink()
+        self._close_shared()
+
+    def _close_shared(self) -> None:
+        if self._tenure is not None:
+            self._tenure.release()
+            self._tenure = None
+        if self._tenure_map is not None:
+            self._tenure_map.close()
+            self._tenure_map = None
         if self._fd is not None:
             os.close(self._fd)  # gives back every record lock this process still has
             self._fd = None
@@ -121,12 +211,36 @@ class HostLocks:
     async def hold(self, upload_id: str, *, wait: bool = True) -> AsyncIterator[Holding]:
         deadline = asyncio.get_running_loop().time() + self.acquire_timeout
         async with self._local.hold(upload_id, wait=wait) as holding:
+            if not self.shared:
+                yield holding
+                return
             offset = lock_offset(upload_id)
             await self._take_range(upload_id, offset, wait, deadline)
             try:
+                self._take_tenure(upload_id)
                 yield holding
             finally:
                 self._release_range(offset)
+
+    # --- tenure -------------------------------------------------------------------------
+
+    def _slot(self, upload_id: str) -> int:
+        return lock_offset(upload_id) % TENURE_SLOTS
+
+    def _mark(self, upload_id: str) -> int:
+        digest = hashlib.blake2b(upload_id.encode(), key=self._key, digest_size=8).digest()
+        return int.from_bytes(digest, "little") or 1  # 0 is nobody's
+
+    def _take_tenure(self, upload_id: str) -> None:
+        """Under the upload's record lock: the mark becomes ours; if it was not, what we
+        remember of the upload may be older than another process's writes."""
+        tenure = self._tenure
+        assert tenure is not None
+        slot, mark = self._slot(upload_id), self._mark(upload_id)
+        if tenure[slot] != mark:
+            if self.forget is not None:
+                self.forget(upload_id)
+            tenure[slot] = mark
 
     # --- the record locks ---------------------------------------------------------------
 
