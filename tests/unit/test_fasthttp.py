@@ -8,6 +8,7 @@ arrive exactly, in any slicing, and waiting bytes stay bounded when the app is s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import socket
@@ -482,6 +483,9 @@ def test_read_ahead_of_all_connections_together_stays_bounded(
     while time.monotonic() < deadline:
         peak = max(peak, fasthttp.queued_total())
         time.sleep(0.005)
+    # requests still to start read at once (with the 1 MiB budget only a few start at a
+    # time, and 1.5 s each would pass the clients' 15 s timeout)
+    app.delay = 0.0
     for thread in threads:
         thread.join(30)
     assert all(answers[n] == (200, expected_answer(bodies[n])) for n in range(count))
@@ -560,3 +564,41 @@ def test_a_keep_alive_connection_parked_between_requests_is_not_closed_for_silen
             sock.sendall(request_head("/two", {"Content-Length": str(len(data))}) + data)
             assert read_response(stream) == (200, expected_answer(data))
             holder.close()
+
+
+async def early_answer_while_sending(port: int, body_size: int) -> int | None:
+    """As an asyncio client sends (tusd-py bench, aiohttp): the body goes out in a task while
+    the answer is awaited. A request the server answers before reading its body (the /early
+    path): the status read, or None when the connection broke before the answer could be."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def send() -> None:
+        writer.write(request_head("/early", {"Content-Length": str(body_size)}))
+        for _ in range(0, body_size, 64 * 1024):
+            writer.write(b"x" * 64 * 1024)
+            await writer.drain()
+
+    sending = asyncio.create_task(send())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return int(head.split(b" ")[1])
+    except (OSError, asyncio.IncompleteReadError):
+        return None
+    finally:
+        sending.cancel()
+        with contextlib.suppress(BaseException):
+            await sending
+        writer.close()
+
+
+def test_an_early_answer_survives_the_rest_of_the_body_that_is_never_read(
+    app: RecordingApp, port: int
+) -> None:
+    """Closing a socket with unread bytes sends a reset that can overtake our answer: the
+    server shuts its side after the answer and drops the rest of the body for a while."""
+
+    async def main() -> list[int | None]:
+        return [await early_answer_while_sending(port, 8 * 1024 * 1024) for _ in range(10)]
+
+    statuses = asyncio.run(main())
+    assert statuses == [409] * 10, statuses

@@ -159,6 +159,9 @@ BODY_IDLE_TIMEOUT = 60.0
 #: (and dropped) to keep the connection, for at most this long
 EARLY_DRAIN_BYTES = 64 * 1024
 EARLY_DRAIN_SECONDS = 1.0
+#: after an early answer on a connection that then closes: seconds the rest of the body is
+#: still read and dropped, with our side already shut (see _LingeringClose)
+LINGER_SECONDS = 2.0
 
 
 class HeadTooLarge(Exception):
@@ -255,15 +258,36 @@ def protocol_class() -> type[Any] | str:
                     self.timeout_keep_alive, self.timeout_keep_alive_handler
                 )
 
+        lingering = False
+
         def on_response_complete(self) -> None:
+            if self.lingering:
+                return  # closing: nothing more is parsed or answered here
             super().on_response_complete()
             # between requests: nothing pipelined, and no next head begun
             if not self.transport.is_closing() and not self.pipeline and not self.awaiting_head:
                 self._between_requests()
 
         def data_received(self, data: bytes) -> None:
+            if self.lingering:
+                return  # the rest of a body we answered early: dropped unread
             self.last_data = self.loop.time()
             super().data_received(data)
+
+        def linger_and_close(self) -> None:
+            """Our answer is out; shut our side (FIN after it), drop what the client still
+            sends, and close after LINGER_SECONDS (or when the client closes first)."""
+            transport = self.transport
+            if transport.is_closing():
+                return
+            self.lingering = True
+            _Queued.idle.pop(self, None)
+            _Queued.parked.pop(self, None)
+            self._unset_keepalive_if_required()
+            if transport.can_write_eof():
+                transport.write_eof()
+            self.flow.resume_reading()
+            self.loop.call_later(LINGER_SECONDS, transport.close)
 
         def on_message_begin(self) -> None:
             _Queued.idle.pop(self, None)
@@ -415,6 +439,7 @@ async def _send_closing_early(self: Any, message: dict[str, Any]) -> None:
         remaining = _body_still_due(self)
         if remaining is None or remaining > EARLY_DRAIN_BYTES:
             self.keep_alive = False
+            self.transport = _LingeringClose(self.transport, self.on_response)
         else:
             cycle, transport = self, self.transport
 
@@ -426,6 +451,29 @@ async def _send_closing_early(self: Any, message: dict[str, Any]) -> None:
     await type(self).send(self, message)
     if self.response_complete:
         _forget_queue(self)  # answered: it reads no more of this body
+
+
+class _LingeringClose:
+    """The transport of a cycle that answers before its request's body has arrived and then
+    ends the connection. Closing a socket with unread bytes makes the kernel send a reset,
+    and a reset can reach the client before it has read our answer, which it then never
+    sees (measured: 22 of 1,798 early 503s of a concurrency cap, with 256 KiB bodies). So
+    `close()` shuts our side only after the answer and drops the rest of the body for a
+    while, as web servers' "lingering close" does; everything else is the transport's."""
+
+    def __init__(self, transport: Any, on_response: Any) -> None:
+        self._transport = transport
+        self._protocol = getattr(on_response, "__self__", None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        linger = getattr(self._protocol, "linger_and_close", None)
+        if linger is None:
+            self._transport.close()
+        else:
+            linger()
 
 
 def _body_still_due(cycle: Any) -> int | None:
