@@ -1,6 +1,6 @@
 """The composition root: settings in, a running service out.
 
-Builds the store, the state database and repository, the cache and the locks (in-process or
+Builds the store, the state database and repository, the cache and the locks (this host's, or
 Redis), the upload service and its maintenance, and the Runtime that starts and stops them.
 Nothing else in tusd-py chooses an implementation.
 """
