@@ -313,6 +313,26 @@ def s3_arguments(endpoint: Any, prefix: str) -> tuple[list[str], dict[str, str]]
     return args, env
 
 
+def start_workers(
+    data_dir: Path, database_url: str | None = None, extra_args: list[str] | None = None
+) -> ServerProcess:
+    """`serve --workers 2` on a fresh data directory, started."""
+    server = ServerProcess(data_dir, database_url, ["--workers", "2", *(extra_args or [])])
+    server.data_dir.mkdir(parents=True)
+    return server.start()
+
+
+def worker_processes(server: ServerProcess) -> list[Any]:
+    """The worker processes of a `serve --workers N` (psutil.Process each)."""
+    import psutil
+
+    return [
+        child
+        for child in psutil.Process(server.pid()).children(recursive=True)
+        if "spawn_main" in " ".join(child.cmdline())
+    ]
+
+
 def _start_server(
     request: pytest.FixtureRequest,
     backend: str,

@@ -317,7 +317,7 @@ class ByteBudget:
         except BaseException as exc:
             future = waiter[1]
             if future.done() and not future.cancelled():
-                self.give(waiter[0])  # counted just as it gave up: not its to keep
+                self.release(waiter[0])  # counted just as it gave up: not its to keep
             else:
                 future.cancel()
                 with contextlib.suppress(ValueError):
@@ -328,8 +328,14 @@ class ByteBudget:
             raise
 
     def give(self, size: int) -> None:
-        self.used -= self.charge(size)
-        self._wake()
+        """Give back what taking `size` bytes counted."""
+        self.release(self.charge(size))
+
+    def release(self, charged: int) -> None:
+        """Give back `charged`: a sum of what takes counted (charge())."""
+        if charged:
+            self.used -= charged
+            self._wake()
 
     def _count(self, size: int) -> None:
         self.used += size

@@ -244,6 +244,8 @@ class FileAppender(Appender):
         self._fsync = fsync
         self._batch: list[bytes] = []
         self._batch_size = 0
+        #: what the batch counts for in the write budget (given back in one piece)
+        self._batch_charge = 0
         #: when the batch's first chunk came (event loop time)
         self._batch_started = 0.0
         #: the write of the previous batch, still running in a worker thread
@@ -268,6 +270,7 @@ class FileAppender(Appender):
             self._batch_started = now
         self._batch.append(chunk)
         self._batch_size += len(chunk)
+        self._batch_charge += self._budget.charge(len(chunk))
         if (
             self._batch_size >= BATCH_BYTES
             or len(self._batch) >= MAX_IOVECS
@@ -281,25 +284,21 @@ class FileAppender(Appender):
             await pending
         if not self._batch:
             return
-        batch, size, position = self._batch, self._batch_size, self._position
-        self._position += size
-        self._batch, self._batch_size = [], 0
+        batch, charge, position = self._batch, self._batch_charge, self._position
+        self._position += self._batch_size
+        self._batch, self._batch_size, self._batch_charge = [], 0, 0
         try:
             fd = self._open()
         except BaseException:
-            self._give_back(batch)
+            self._budget.release(charge)
             raise
-        self._pending = asyncio.ensure_future(self._write(fd, batch, position))
+        self._pending = asyncio.ensure_future(self._write(fd, batch, position, charge))
 
-    async def _write(self, fd: int, batch: list[bytes], position: int) -> None:
+    async def _write(self, fd: int, batch: list[bytes], position: int, charge: int) -> None:
         try:
             await asyncio.to_thread(_pwrite_all, fd, batch, position)
         finally:
-            self._give_back(batch)
-
-    def _give_back(self, batch: list[bytes]) -> None:
-        for chunk in batch:
-            self._budget.give(len(chunk))
+            self._budget.release(charge)
 
     async def close(self) -> Stored:
         try:
@@ -314,8 +313,8 @@ class FileAppender(Appender):
         return Stored(self._position - self._start)
 
     async def abort(self) -> None:
-        self._give_back(self._batch)
-        self._batch, self._batch_size = [], 0
+        self._budget.release(self._batch_charge)
+        self._batch, self._batch_size, self._batch_charge = [], 0, 0
         if self._pending is not None:
             pending, self._pending = self._pending, None
             try:

@@ -28,6 +28,8 @@ from tests.conftest import (
     free_port,
     missing_service,
     s3_arguments,
+    start_workers,
+    worker_processes,
 )
 from tests.integration._wire import OCTET, TUS, create, offset_of, patch, path_of, upload_id
 from tests.tcp_proxy import CuttableProxy
@@ -415,33 +417,19 @@ def test_requests_queue_for_a_small_pool_instead_of_failing(
         server.stop()
 
 
-def worker_processes(server: ServerProcess) -> list[Any]:
-    import psutil
-
-    return [
-        child
-        for child in psutil.Process(server.pid()).children(recursive=True)
-        if "spawn_main" in " ".join(child.cmdline())
-    ]
-
-
 @pytest.mark.parametrize("backend", ["postgres+redis", "sqlite"])
 def test_several_worker_processes_serve_one_upload(
     backend: str, postgres_databases: PostgresDatabases, tmp_path: Path
 ) -> None:
     """`--workers 2`: with Redis, or on one host without it (locks through DATA_DIR/locks)."""
     if backend == "sqlite":
-        server = ServerProcess(tmp_path / "data", None, ["--workers", "2"])
+        server = start_workers(tmp_path / "data")
     else:
         if not redis_reachable(REDIS_URL):
             missing_service(f"Redis not reachable at {REDIS_URL}")
-        server = ServerProcess(
-            tmp_path / "data",
-            postgres_databases.create(),
-            ["--workers", "2", "--redis-url", REDIS_URL],
+        server = start_workers(
+            tmp_path / "data", postgres_databases.create(), ["--redis-url", REDIS_URL]
         )
-    server.data_dir.mkdir(parents=True)
-    server.start()
     try:
         workers = worker_processes(server)
         assert len(workers) == 2, [c.cmdline() for c in workers]
@@ -486,9 +474,7 @@ def test_each_worker_listens_on_its_own_socket_and_a_burst_of_connections_is_spr
     tmp_path: Path,
 ) -> None:
     """With one shared listening socket the first worker awake takes most of a burst."""
-    server = ServerProcess(tmp_path / "data", None, ["--workers", "2"])
-    server.data_dir.mkdir(parents=True)
-    server.start()
+    server = start_workers(tmp_path / "data")
     connections: list[socket.socket] = []
     try:
         workers = worker_processes(server)
@@ -523,9 +509,7 @@ def test_workers_without_redis_hand_a_stuck_upload_over_whichever_worker_holds_i
 ) -> None:
     """A PATCH whose client went silent holds its upload in one worker; a resume may reach
     either worker, and must get the offset that includes what the stuck PATCH received."""
-    server = ServerProcess(tmp_path / "data", None, ["--workers", "2"])
-    server.data_dir.mkdir(parents=True)
-    server.start()
+    server = start_workers(tmp_path / "data")
     try:
         for _ in range(4):
             data = os.urandom(2 * MiB)

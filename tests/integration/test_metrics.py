@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PostgresDatabases, ServerProcess, missing_service
+from tests.conftest import PostgresDatabases, ServerProcess, missing_service, start_workers
 from tests.integration._wire import (
     OCTET,
     TUS,
@@ -294,13 +294,9 @@ def two_workers(postgres_databases: PostgresDatabases, tmp_path: Path) -> Iterat
         missing_service(f"Redis not reachable at {REDIS_URL}")
     import psutil
 
-    server = ServerProcess(
-        tmp_path / "data",
-        postgres_databases.create(),
-        ["--workers", "2", "--redis-url", REDIS_URL],
+    server = start_workers(
+        tmp_path / "data", postgres_databases.create(), ["--redis-url", REDIS_URL]
     )
-    server.data_dir.mkdir(parents=True)
-    server.start()
     workers = psutil.Process(server.pid()).children(recursive=True)
     try:
         yield server

@@ -384,3 +384,16 @@ def test_the_program_refuses_a_bad_variable_before_starting(
 def test_the_docs_check_runs_as_a_program() -> None:
     result = run_program("-m", "tusd_py.config", "--check-docs", env={})
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_read_ahead_is_split_over_the_workers_and_bounds_the_file_stores_writes(
+    tmp_path: Path,
+) -> None:
+    from tusd_py.wiring import build_store
+
+    settings = Settings(data_dir=tmp_path, read_ahead_memory=16 * 1024 * 1024, workers=2)
+    assert settings.read_ahead_per_process == 8 * 1024 * 1024
+    store = build_store(settings)
+    assert store.write_budget.budget == 8 * 1024 * 1024  # type: ignore[attr-defined]
+    tiny = Settings(data_dir=tmp_path, read_ahead_memory=64 * 1024, workers=4)
+    assert tiny.read_ahead_per_process == 64 * 1024  # never below the option's minimum

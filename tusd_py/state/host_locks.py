@@ -102,10 +102,6 @@ class HostLocks:
         self._tenure: memoryview | None = None
         self._key = os.urandom(16)
 
-    @property
-    def stopping(self) -> bool:
-        return self._local.stopping
-
     def is_held(self, upload_id: str) -> bool:
         return self._local.is_held(upload_id)
 
