@@ -108,25 +108,26 @@ class DirectStatements:
     async def fetch_one(
         self, statement: CompiledStatement, values: Mapping[str, Any]
     ) -> tuple[Any, ...] | None:
-        rows, _ = await self._run(statement, values, fetch=True)
+        rows, _ = await self.run(statement.sql, statement.params(values), fetch=True)
         return rows[0] if rows else None
 
     async def execute(self, statement: CompiledStatement, values: Mapping[str, Any]) -> int:
         """Run the statement: its row count."""
-        _, count = await self._run(statement, values, fetch=False)
+        _, count = await self.run(statement.sql, statement.params(values), fetch=False)
         return count
 
-    async def _run(
-        self, statement: CompiledStatement, values: Mapping[str, Any], fetch: bool
+    async def run(
+        self, sql: str, params: Mapping[str, Any], fetch: bool
     ) -> tuple[list[tuple[Any, ...]], int]:
+        """Run one statement (PostgreSQL text, named parameters): its rows when `fetch`,
+        and its row count."""
         import psycopg
         from psycopg_pool import PoolTimeout
 
         await self.open()
-        params = statement.params(values)
         try:
             async with self.pool.connection() as connection:
-                cursor = await connection.execute(statement.sql, params)
+                cursor = await connection.execute(sql, params)
                 rows = await cursor.fetchall() if fetch else []
                 return rows, cursor.rowcount
         except PoolTimeout as exc:
@@ -134,6 +135,6 @@ class DirectStatements:
                 f"Waited {self.timeout:g} s for a database connection; retry shortly."
             ) from exc
         except psycopg.OperationalError as exc:
-            raise sa_exc.OperationalError(statement.sql, params, exc) from exc
+            raise sa_exc.OperationalError(sql, params, exc) from exc
         except psycopg.Error as exc:
-            raise sa_exc.DBAPIError(statement.sql, params, exc) from exc
+            raise sa_exc.DBAPIError(sql, params, exc) from exc

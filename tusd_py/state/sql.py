@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -18,7 +18,9 @@ from tusd_protocol.state import ConcatKind, Upload, UploadStatus, check_transiti
 from tusd_storage import EMPTY_LAYOUT, Fragment, Layout, Part
 
 from .database import Database
-from .postgres_direct import CompiledStatement
+
+if TYPE_CHECKING:
+    from .postgres_hot import HotStatements
 
 metadata_obj = sa.MetaData()
 
@@ -112,8 +114,9 @@ def utc(moment: datetime | None) -> datetime | None:
 
 # --- the hot statements, built once -----------------------------------------------------
 # Every POST runs INSERT_UPLOAD, every PATCH GET_UPLOAD and TRANSITION_UPLOAD. They are
-# built here once with named parameters: SQLite runs them through SQLAlchemy, PostgreSQL as
-# the same SQL text compiled once, through psycopg (postgres_direct.py).
+# built here once with named parameters, and SQLite runs them through SQLAlchemy.
+# PostgreSQL runs their batched forms (postgres_hot.py: the same named values, a set of
+# rows per statement) through psycopg.
 
 #: the columns an Upload is made of, in this order
 UPLOAD_COLUMNS = (
@@ -250,11 +253,13 @@ class Repository:
     def __init__(self, database: Database) -> None:
         self.database = database
         self._sql = _Statements()
-        self._direct = database.direct
-        if self._direct is not None:
-            self._get = CompiledStatement(GET_UPLOAD)
-            self._insert = CompiledStatement(INSERT_UPLOAD)
-            self._transition = CompiledStatement(TRANSITION_UPLOAD)
+        #: PostgreSQL: the hot statements batched with concurrent ones (postgres_hot.py)
+        self._hot: HotStatements | None = None
+        if database.direct is not None:
+            # imported here: postgres_hot builds its statements from this module's table
+            from .postgres_hot import HotStatements
+
+            self._hot = HotStatements(database.direct)
 
     async def insert(
         self,
@@ -264,18 +269,17 @@ class Repository:
         now: datetime | None = None,
         layout: Layout = EMPTY_LAYOUT,
     ) -> None:
-        if self._direct is not None and not partial_ids:  # one INSERT
+        if self._hot is not None and not partial_ids:  # one INSERT (batched)
             values = insert_values(upload, metadata, now or datetime.now(UTC), layout)
-            await self._direct.execute(self._insert, values)
+            await self._hot.insert(values)
             return
         # one INSERT unless the final of a concatenation lists its partials too
         run = self.database.run if partial_ids else self.database.run_single
         return await run(self._sql.insert, upload, metadata, partial_ids, now, layout)
 
     async def get(self, upload_id: str) -> Upload | None:
-        if self._direct is not None:
-            row = await self._direct.fetch_one(self._get, {"id": upload_id})
-            return upload_from_tuple(row) if row else None
+        if self._hot is not None:
+            return await self._hot.get(upload_id)
         return await self.database.run_single(self._sql.get, upload_id)
 
     async def get_many(self, upload_ids: Sequence[str]) -> dict[str, Upload]:
@@ -298,11 +302,11 @@ class Repository:
     ) -> Upload | None:
         """Move `old` to its next state; None when the stored record is no longer `old`."""
         single = layout is None and not new_parts
-        if single and self._direct is not None:  # one guarded UPDATE
+        if single and self._hot is not None:  # one guarded UPDATE (batched)
             now = now or datetime.now(UTC)
             new = next_record(old, status, offset, length, expires_at)
-            count = await self._direct.execute(self._transition, transition_values(old, new, now))
-            return new if count == 1 else None
+            moved = await self._hot.transition(transition_values(old, new, now))
+            return new if moved else None
         # one guarded UPDATE unless the store's record of parts and fragments moves with it
         run = self.database.run_single if single else self.database.run
         return await run(
