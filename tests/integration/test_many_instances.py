@@ -284,6 +284,13 @@ def test_with_redis_down_reads_go_on_and_writes_answer_503_until_it_returns(
             assert patch(http, url, 0, data[:100_000]).status_code == 204
 
             own_redis["stop"]()
+            # the instance kept the upload's lock for its next PATCH (redis_locks.py): it
+            # relies on it until a renewal fails (every lease/3, 10/3 s by default); an
+            # empty PATCH changes nothing either way
+            deadline = time.monotonic() + 8
+            while patch(http, url, 100_000, b"").status_code == 204:
+                assert time.monotonic() < deadline, "the kept lock outlived Redis"
+                time.sleep(0.2)
             assert offset_of(http, url) == 100_000  # from PostgreSQL / SQLite
             assert http.get(done).content == b"abc"
             response = patch(http, url, 100_000, data[100_000:200_000])
@@ -375,7 +382,9 @@ def test_an_exhausted_database_pool_answers_503_within_its_timeout(
                 time.sleep(0.5)
                 started = time.monotonic()
                 with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as second:
-                    response = second.head(other)
+                    # a creation needs the database (a HEAD of `other` may not: its lock is
+                    # kept, with its state, for its next request)
+                    response = second.post("/files/", headers={"Upload-Length": "5"})
                 waited = time.monotonic() - started
                 assert response.status_code == 503
                 assert response.headers["retry-after"]
@@ -550,8 +559,14 @@ def test_a_409_refreshes_a_cache_entry_that_lies(fleet: list[ServerProcess]) -> 
     with httpx.Client(base_url=fleet[0].base_url, headers=TUS, timeout=30) as http:
         url = create(http, len(data))
         assert patch(http, url, 0, data[:20_000]).status_code == 204
-        # make the shared cache say something wrong, with a version no writer has reached
         client = redis.Redis.from_url(REDIS_URL)
+        # the instance keeps the upload's lock for a moment (for its next PATCH) and leaves
+        # the state in the cache as it lets go
+        deadline = time.monotonic() + 10
+        while client.exists(f"tusd:lock:{upload_id(url)}"):
+            assert time.monotonic() < deadline, "the kept lock was never given back"
+            time.sleep(0.05)
+        # make the shared cache say something wrong, with a version no writer has reached
         key = f"tusd:upload:{upload_id(url)}"
         state = json.loads(client.hget(key, "s"))  # type: ignore[arg-type]
         state.update(offset=7, version=10**6)

@@ -516,7 +516,7 @@ def test_lock_release_writes_the_settled_state_to_the_cache(
     async def main() -> None:
         client = Redis.from_url(redis_url)
         cache = RedisStateCache(client, prefix=prefix)
-        locks = RedisLocks(client, prefix=prefix, cache=cache)
+        locks = RedisLocks(client, prefix=prefix, cache=cache, keep_seconds=0)
         try:
             await cache.put(make(version=99, offset=77))  # ahead of the truth
             async with locks.hold(ID) as holding:
@@ -534,6 +534,94 @@ def test_lock_release_writes_the_settled_state_to_the_cache(
     run(main)
 
 
+def test_a_lock_is_kept_for_the_uploads_next_request_then_given_back_with_its_state(
+    redis_url: str, prefix: str
+) -> None:
+    """A request ends with the upload still receiving: the process keeps the Redis lock, so
+    the next request takes it without a round trip; once idle for keep_seconds it goes back,
+    and the state it was kept with reaches the cache."""
+
+    async def main() -> None:
+        client = Redis.from_url(redis_url)
+        cache = RedisStateCache(client, prefix=prefix)
+        locks = RedisLocks(client, prefix=prefix, cache=cache, keep_seconds=0.3)
+        try:
+            async with locks.hold(ID) as holding:
+                holding.settled = make(version=1, offset=10)
+            token = await client.get(locks.key(ID))
+            assert token is not None  # kept
+            assert await locks.held_anywhere(ID)
+            assert await cache.get(ID) is None  # the state goes with the lock, later
+            async with locks.hold(ID) as holding:
+                assert holding.keeps_state
+                assert await client.get(locks.key(ID)) == token  # the same lease, no new take
+                holding.settled = make(version=2, offset=20)
+            assert locks.reused == 1
+            await asyncio.sleep(0.15)
+            assert await client.get(locks.key(ID)) == token  # idle for less than 0.3 s
+            await until(lambda: not locks._leases, timeout=2)
+            await until_gone(client, locks.key(ID))
+            assert await cache.get(ID) == make(version=2, offset=20)
+            assert not await locks.held_anywhere(ID)
+        finally:
+            await locks.stop()
+            await client.aclose()
+
+    run(main)
+
+
+async def until_gone(client: Redis, key: str) -> None:
+    async with asyncio.timeout(2):
+        while await client.exists(key):
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("status", [UploadStatus.FINISHED, UploadStatus.TERMINATED, None], ids=str)
+def test_a_lock_whose_upload_expects_no_more_bytes_goes_back_at_once(
+    redis_url: str, prefix: str, status: UploadStatus | None
+) -> None:
+    async def main() -> None:
+        client = Redis.from_url(redis_url)
+        cache = RedisStateCache(client, prefix=prefix)
+        locks = RedisLocks(client, prefix=prefix, cache=cache, keep_seconds=30)
+        try:
+            async with locks.hold(ID) as holding:
+                holding.settled = None if status is None else replace(make(), status=status)
+            assert await client.exists(locks.key(ID)) == 0
+            assert not locks._leases
+        finally:
+            await locks.stop()
+            await client.aclose()
+
+    run(main)
+
+
+def test_a_kept_lock_goes_at_once_to_another_instance_that_asks_and_at_shutdown(
+    redis_url: str, prefix: str
+) -> None:
+    async def main() -> None:
+        async with instances(redis_url, prefix, keep_seconds=30) as (client, (one, two)):
+            cache = RedisStateCache(client, prefix=prefix)
+            one.cache = two.cache = cache
+            async with one.hold(ID) as holding:
+                holding.settled = make(version=4, offset=40)
+            assert await two.held_anywhere(ID)  # kept by the other instance
+            started = now()
+            async with two.hold(ID) as holding:
+                # well before the 3 s a holder gets to let go: no request was holding it
+                assert now() - started < 1.0
+                assert await cache.get(ID) == make(version=4, offset=40)
+                holding.settled = make("q" * 16)  # another id: nothing kept of this one
+            async with two.hold("k" * 16) as holding:
+                holding.settled = make("k" * 16, version=1)
+            assert await client.exists(two.key("k" * 16)) == 1
+            await two.stop()  # shutdown gives kept locks back, with their states
+            assert await client.exists(two.key("k" * 16)) == 0
+            assert await cache.get("k" * 16) == make("k" * 16, version=1)
+
+    run(main)
+
+
 def test_lock_without_a_caching_cache_leaves_the_cache_to_the_holder(
     redis_url: str, prefix: str
 ) -> None:
@@ -543,7 +631,7 @@ def test_lock_without_a_caching_cache_leaves_the_cache_to_the_holder(
     async def main() -> None:
         client = Redis.from_url(redis_url)
         cache = RedisStateCache(client, ttl_seconds=0, prefix=prefix)
-        locks = RedisLocks(client, prefix=prefix, cache=cache)
+        locks = RedisLocks(client, prefix=prefix, cache=cache, keep_seconds=0)
         try:
             async with locks.hold(ID) as holding:
                 assert not holding.keeps_state

@@ -161,6 +161,11 @@ class UploadLocks(Protocol):
         """Held by any request that could write the upload; raises BackendUnavailable when
         the lock service cannot be asked."""
 
+    def kept_state(self, upload_id: str) -> Upload | None:
+        """The upload's state, when this process keeps its lock between requests with no
+        request holding it (RedisLocks): what the last holder read or committed, which no
+        one else can have changed since. None otherwise."""
+
     def hold(
         self, upload_id: str, *, wait: bool = True
     ) -> contextlib.AbstractAsyncContextManager[Holding]: ...

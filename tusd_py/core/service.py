@@ -97,6 +97,10 @@ class UploadService:
         """
         if not rules.is_valid_upload_id(upload_id):
             raise UploadNotFound()
+        kept = self.locks.kept_state(upload_id)
+        if kept is not None:  # this process holds the upload between its requests
+            rules.check_available(kept, self.clock())
+            return kept
         try:
             held = await self.locks.held_anywhere(upload_id)
         except BackendUnavailable:

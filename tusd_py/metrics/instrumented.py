@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from tusd_protocol.errors import UploadLocked
+from tusd_protocol.state import Upload
 from tusd_storage import EMPTY_LAYOUT, Appender, Layout, LiveUploads, Part, Source, Store, Stored
 
 from ..core.ports import Holding, Meter, UploadLocks
@@ -214,6 +215,9 @@ class MeteredLocks:
 
     async def held_anywhere(self, upload_id: str) -> bool:
         return await self.inner.held_anywhere(upload_id)
+
+    def kept_state(self, upload_id: str) -> Upload | None:
+        return self.inner.kept_state(upload_id)
 
     def hold(
         self, upload_id: str, *, wait: bool = True

@@ -47,6 +47,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from tusd_protocol.errors import UploadLocked
+from tusd_protocol.state import Upload
 
 from ..core.ports import Holding
 from .local_locks import LocalLocks
@@ -104,6 +105,9 @@ class HostLocks:
 
     def is_held(self, upload_id: str) -> bool:
         return self._local.is_held(upload_id)
+
+    def kept_state(self, upload_id: str) -> Upload | None:
+        return None  # a lock here lasts as long as its request
 
     async def held_anywhere(self, upload_id: str) -> bool:
         if self._local.is_held(upload_id):

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from tusd_protocol.errors import UploadLocked
+from tusd_protocol.state import Upload
 
 from ..core.ports import Holding
 
@@ -39,6 +40,9 @@ class LocalLocks:
     def is_held(self, upload_id: str) -> bool:
         entry = self._entries.get(upload_id)
         return entry is not None and entry.lock.locked()
+
+    def kept_state(self, upload_id: str) -> Upload | None:
+        return None  # a lock here lasts as long as its request
 
     async def held_anywhere(self, upload_id: str) -> bool:
         """Held by any request that could write this upload (here: this process)."""

@@ -19,6 +19,16 @@ A PATCH so costs two Redis round trips (take, release), not four. The state is n
 trusted the other way: a holder decides on what the database says, because a cache entry
 can lie (a Redis or a database restored from an older snapshot).
 
+Kept locks: when a request ends and its upload still expects bytes, the process keeps the
+Redis lock for KEEP_SECONDS more (renewed with the rest), because the upload's next PATCH
+usually follows at once, on the same connection, to the same process. That PATCH then takes
+only the process's own lock: no Redis round trip to take, none to give back. At 1,000
+concurrent uploads this took a POST and four PATCHes from ten Redis round trips to about
+two. A kept lock is given back, with its state for the cache, when it has been idle for
+KEEP_SECONDS, when another instance asks for the upload (at once: no request is holding
+it), when the upload no longer expects bytes, and at shutdown. It changes nothing about
+what a request decides on: every holder still reads the database's record.
+
 Handover: a newcomer that finds the key taken publishes the upload id on one channel that
 every instance listens to. The instance that holds the upload asks its holder to let go
 (the same request_stop as in one process): the holder stops reading, saves what it
@@ -30,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -39,7 +50,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tusd_protocol.errors import UploadLocked
-from tusd_protocol.state import Upload
+from tusd_protocol.state import Upload, UploadStatus
 
 from ..core.ports import BackendUnavailable, Holding
 from .local_locks import LocalLocks
@@ -75,19 +86,29 @@ end
 return 0
 """
 
-#: how often a waiting newcomer looks at the lock: often while a handover is expected,
-#: less often once the holder has had its time to let go
+#: how often a waiting newcomer looks at the lock: often while a handover is expected
+#: (a kept lock is given back within a millisecond of the asking), less often once the
+#: holder has had its time to let go
+FIRST_POLL = 0.002
 FAST_POLL = 0.01
 SLOW_POLL = 0.1
+
+#: how long a lock is kept after its request ended, waiting for the upload's next PATCH
+KEEP_SECONDS = 2.0
 
 
 @dataclass
 class _Lease:
-    """A lock this process holds: its token, its holder, when Redis last confirmed it."""
+    """A lock this process holds: its token, its holder (None while it is kept with no
+    request holding it), when Redis last confirmed it."""
 
     token: str
-    holding: Holding
+    holding: Holding | None
     renewed_at: float
+    #: while kept: the state to leave in the cache when the lock is given back
+    settled: Upload | None = None
+    #: while kept: gives it back once idle for KEEP_SECONDS
+    keep_timer: asyncio.TimerHandle | None = None
 
 
 class RedisLocks:
@@ -99,8 +120,10 @@ class RedisLocks:
         lease_seconds: float = 10.0,
         prefix: str = "tusd:",
         cache: RedisStateCache | None = None,
+        keep_seconds: float = KEEP_SECONDS,
     ) -> None:
         self.redis = redis
+        self.keep_seconds = keep_seconds
         self.acquire_timeout = acquire_timeout
         self.handover_timeout = handover_timeout
         self.lease_ms = int(lease_seconds * 1000)
@@ -119,8 +142,14 @@ class RedisLocks:
         #: names this process on the handover channel: its own requests are handed over
         #: by LocalLocks, so it ignores what it published itself
         self.instance = secrets.token_hex(8)
+        #: lock tokens: the instance name and a counter (unique, and no system call each)
+        self._tokens = itertools.count()
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        #: kept locks being given back
+        self._letting_go: set[asyncio.Task[None]] = set()
+        #: how many holds took a kept lock instead of a Redis round trip (for tests, notes)
+        self.reused = 0
 
     def key(self, upload_id: str) -> str:
         return f"{self.prefix}lock:{upload_id}"
@@ -129,8 +158,16 @@ class RedisLocks:
         """Held by a request of this process."""
         return self.local.is_held(upload_id)
 
+    def kept_state(self, upload_id: str) -> Upload | None:
+        lease = self._leases.get(upload_id)
+        if lease is None or lease.holding is not None:
+            return None
+        if asyncio.get_running_loop().time() - lease.renewed_at > self.lease_ms / 2000:
+            return None  # not confirmed lately: ask the database
+        return lease.settled
+
     async def held_anywhere(self, upload_id: str) -> bool:
-        if self.local.is_held(upload_id):
+        if self.local.is_held(upload_id) or upload_id in self._leases:
             return True
         try:
             return bool(await self.redis.exists(self.key(upload_id)))
@@ -151,6 +188,13 @@ class RedisLocks:
                     await self._listening.wait()
 
     async def stop(self) -> None:
+        # kept locks go back now, with their states, so that no other instance waits for
+        # their leases to run out
+        for upload_id, lease in list(self._leases.items()):
+            if lease.holding is None:
+                self._let_go(upload_id, lease)
+        if self._letting_go:
+            await asyncio.wait(self._letting_go, timeout=5)
         for task in (self._listener, self._renewer):
             if task is not None:
                 task.cancel()
@@ -181,7 +225,11 @@ class RedisLocks:
                         text = data.decode() if isinstance(data, bytes) else str(data)
                         sender, _, upload_id = text.partition(" ")
                         lease = self._leases.get(upload_id)
-                        if lease is not None and sender != self.instance:
+                        if lease is None or sender == self.instance:
+                            continue
+                        if lease.holding is None:
+                            self._let_go(upload_id, lease)  # kept, idle: at once
+                        else:
                             lease.holding.request_stop()
             except RedisError as exc:
                 self._listening.clear()
@@ -195,18 +243,98 @@ class RedisLocks:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.acquire_timeout  # one deadline, local wait included
         async with self.local.hold(upload_id, wait=wait) as holding:
-            token = secrets.token_hex(16)
-            await self._acquire(upload_id, token, holding, wait, deadline)
-            self._leases[upload_id] = _Lease(token, holding, loop.time())
+            # no other request of this process holds the upload now: a lease found here is
+            # kept, idle
+            lease = await self._reuse(upload_id)
+            if lease is None:
+                token = f"{self.instance}.{next(self._tokens):x}"
+                await self._acquire(upload_id, token, holding, wait, deadline)
+                lease = _Lease(token, holding, loop.time())
+                self._leases[upload_id] = lease
+            lease.holding = holding
+            holding.keeps_state = self.cache is not None
             self._start_renewer()  # normally running since start(); never two
             try:
                 yield holding
             finally:
-                self._leases.pop(upload_id, None)
-                try:
-                    await self._give_back(upload_id, token, holding.settled)
-                except RedisError as exc:  # the lease ends by itself
-                    log.warning("could not release the lock of %s: %s", upload_id, exc)
+                lease.holding = None
+                if self._leases.get(upload_id) is not lease:
+                    pass  # lost while held (renewals said so): nothing of ours to give back
+                elif self._may_keep(holding):
+                    lease.settled = holding.settled
+                    lease.keep_timer = loop.call_later(
+                        self.keep_seconds, self._let_go, upload_id, lease
+                    )
+                else:
+                    del self._leases[upload_id]
+                    try:
+                        await self._give_back(upload_id, lease.token, holding.settled)
+                    except RedisError as exc:  # the lease ends by itself
+                        log.warning("could not release the lock of %s: %s", upload_id, exc)
+
+    def _may_keep(self, holding: Holding) -> bool:
+        """Keep the lock for the upload's next request: only while more bytes are expected,
+        its state is known, and no one (another request, a shutdown) asked for it."""
+        settled = holding.settled
+        return (
+            self.keep_seconds > 0
+            and not holding.stop_requested
+            and not self.local.stopping
+            and settled is not None
+            and settled.id == holding.upload_id
+            and settled.status is UploadStatus.RECEIVING
+        )
+
+    async def _reuse(self, upload_id: str) -> _Lease | None:
+        """The kept lease of this upload, if this process still has it."""
+        lease = self._leases.get(upload_id)
+        if lease is None:
+            return None
+        if lease.keep_timer is not None:
+            lease.keep_timer.cancel()
+            lease.keep_timer = None
+        loop = asyncio.get_running_loop()
+        if loop.time() - lease.renewed_at > self.lease_ms / 2000:
+            # not confirmed lately (Redis was slow or away): ask before relying on it
+            del self._leases[upload_id]
+            try:
+                still_ours = await self._renew(
+                    keys=[self.key(upload_id)], args=[lease.token, self.lease_ms]
+                )
+            except RedisError as exc:
+                raise BackendUnavailable(f"the lock service cannot be asked: {exc}") from exc
+            if not still_ours:
+                return None
+            lease.renewed_at = loop.time()
+            self._leases[upload_id] = lease
+        self.reused += 1
+        return lease
+
+    def _let_go(self, upload_id: str, lease: _Lease) -> None:
+        """Give a kept lock back (idle too long, asked for elsewhere, shutting down)."""
+        if lease.keep_timer is not None:
+            lease.keep_timer.cancel()
+            lease.keep_timer = None
+        if self._leases.get(upload_id) is not lease or lease.holding is not None:
+            return  # given back already, or a request took it again
+        del self._leases[upload_id]
+        task = asyncio.get_running_loop().create_task(self._give_back_kept(upload_id, lease))
+        self._letting_go.add(task)
+        task.add_done_callback(self._letting_go.discard)
+
+    def _forget_kept(self, upload_id: str, lease: _Lease) -> None:
+        if lease.keep_timer is not None:
+            lease.keep_timer.cancel()
+            lease.keep_timer = None
+        if self._leases.get(upload_id) is lease and lease.holding is None:
+            del self._leases[upload_id]
+
+    async def _give_back_kept(self, upload_id: str, lease: _Lease) -> None:
+        try:
+            async with asyncio.timeout(self.lease_ms / 1000):
+                await self._give_back(upload_id, lease.token, lease.settled)
+        except (RedisError, TimeoutError) as exc:  # the lease ends by itself
+            log.warning("could not release the lock of %s: %s", upload_id, exc)
 
     async def _give_back(self, upload_id: str, token: str, settled: Upload | None) -> None:
         if self.cache is None or settled is None or settled.id != upload_id:
@@ -217,16 +345,13 @@ class RedisLocks:
             args=[token, settled.version, encode_upload(settled), self.cache.ttl_ms],
         )
 
-    async def _take(self, upload_id: str, token: str, holding: Holding) -> bool:
-        if not await self.redis.set(self.key(upload_id), token, nx=True, px=self.lease_ms):
-            return False
-        holding.keeps_state = self.cache is not None
-        return True
+    async def _take(self, upload_id: str, token: str) -> bool:
+        return bool(await self.redis.set(self.key(upload_id), token, nx=True, px=self.lease_ms))
 
     async def _acquire(
         self, upload_id: str, token: str, holding: Holding, wait: bool, deadline: float
     ) -> None:
-        if await self._take(upload_id, token, holding):
+        if await self._take(upload_id, token):
             return
         if not wait:
             raise UploadLocked(headers={"Retry-After": "1"})
@@ -239,9 +364,13 @@ class RedisLocks:
                 # whoever holds it, on whichever instance: let go
                 await self.redis.publish(self.channel, f"{self.instance} {upload_id}")
                 next_ask = now + self.handover_timeout
-            fast = now - started < self.handover_timeout
-            await asyncio.sleep(FAST_POLL if fast else SLOW_POLL)
-            if await self._take(upload_id, token, holding):
+            waited = now - started
+            if waited < FAST_POLL:
+                poll = FIRST_POLL
+            else:
+                poll = FAST_POLL if waited < self.handover_timeout else SLOW_POLL
+            await asyncio.sleep(poll)
+            if await self._take(upload_id, token):
                 return
             if loop.time() >= deadline:
                 raise UploadLocked(
@@ -279,8 +408,12 @@ class RedisLocks:
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, TimeoutError) as exc:
             log.warning("could not renew %d lock(s): %s", len(leases), exc)
-            for _, lease in leases:
-                if loop.time() - lease.renewed_at > self.lease_ms / 2000:
+            for upload_id, lease in leases:
+                if lease.holding is None:
+                    # kept: no longer relied on (its lease ends by itself); the next request
+                    # for the upload asks Redis, and answers 503 while Redis is away
+                    self._forget_kept(upload_id, lease)
+                elif loop.time() - lease.renewed_at > self.lease_ms / 2000:
                     lease.holding.request_stop()
             return
         renewed_at = loop.time()
@@ -291,6 +424,9 @@ class RedisLocks:
                 log.warning("could not renew the lock of %s: %s", upload_id, result)
             elif result:
                 lease.renewed_at = renewed_at
+            elif lease.holding is None:  # kept, and lost: nothing to give back
+                log.warning("the kept lock of %s was lost", upload_id)
+                self._forget_kept(upload_id, lease)
             else:
                 log.warning("the lock of %s was lost; its request stops", upload_id)
                 lease.holding.request_stop()
