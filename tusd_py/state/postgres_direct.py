@@ -1,18 +1,18 @@
-"""The hot statements on PostgreSQL, run directly by psycopg.
+"""The hot statements' pool on PostgreSQL: psycopg directly, without SQLAlchemy's engine.
 
 Every PATCH reads its upload and moves it with one guarded UPDATE; every POST inserts one
-row. Through SQLAlchemy's asyncio engine each of those costs about 550 us of CPU (pool
+row. Through SQLAlchemy's asyncio engine each of those cost about 550 us of CPU (pool
 checkout through a greenlet, cache keys, the execution context, the adapted cursor, and a
 transaction of three round trips); psycopg alone, on a connection in autocommit mode, about
-130 us. At 1,000 concurrent uploads that difference is most of a core.
+130 us. Under load they are also batched with the concurrent calls of their kind
+(postgres_hot.py), so a batch pays that once.
 
-The statements are still written once, as SQLAlchemy Core in sql.py, and compiled here for
-PostgreSQL once at start: the SQL text is SQLAlchemy's, only its execution is psycopg's.
 The connections come from psycopg_pool (autocommit, statement_timeout, FIFO waiters with a
 deadline). Errors are raised as SQLAlchemy's exception classes, so the HTTP layer answers
 them as it does every other database error: a pool wait past its deadline is
 sqlalchemy.exc.TimeoutError (503), a lost or refused connection OperationalError (503),
-any other database error DBAPIError (500).
+any other database error DBAPIError (500). CompiledStatement runs a single SQLAlchemy Core
+statement here (compiled for PostgreSQL once).
 """
 
 from __future__ import annotations

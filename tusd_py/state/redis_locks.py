@@ -26,8 +26,10 @@ only the process's own lock: no Redis round trip to take, none to give back. At 
 concurrent uploads this took a POST and four PATCHes from ten Redis round trips to about
 two. A kept lock is given back, with its state for the cache, when it has been idle for
 KEEP_SECONDS, when another instance asks for the upload (at once: no request is holding
-it), when the upload no longer expects bytes, and at shutdown. It changes nothing about
-what a request decides on: every holder still reads the database's record.
+it), when the upload no longer expects bytes, when a renewal fails (Redis away: the next
+request asks Redis, and answers 503 while it is away), and at shutdown. A request that
+writes still decides on the database's record; a HEAD in the keeping process answers from
+the kept state (kept_state), which no other instance can have moved, since the lock is ours.
 
 Handover: a newcomer that finds the key taken publishes the upload id on one channel that
 every instance listens to. The instance that holds the upload asks its holder to let go
