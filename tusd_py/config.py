@@ -29,6 +29,8 @@ from typing import Any, TypeVar, cast
 from tusd_protocol.rules import Limits
 from tusd_storage import FsyncPolicy
 
+from .core.hooks import HookPoint
+
 T = TypeVar("T")
 
 # --- the commands that take options -------------------------------------------------------
@@ -192,15 +194,46 @@ def url_path(value: object) -> str:
     return "/" if base == "//" else base
 
 
-def origin_list(value: object) -> tuple[str, ...]:
-    """Comma-separated text, or a sequence of origins."""
+def _items(value: object, what: str) -> tuple[str, ...]:
+    """Comma-separated text, or a sequence: its non-empty items, stripped."""
     if isinstance(value, str):
         items: Iterable[object] = value.split(",")
     elif isinstance(value, list | tuple):
         items = value
     else:
-        raise ValueError("must be a comma-separated list of origins, or *")
+        raise ValueError(f"must be a comma-separated list of {what}")
     return tuple(text(item).strip() for item in items if text(item).strip())
+
+
+def origin_list(value: object) -> tuple[str, ...]:
+    """Comma-separated text, or a sequence of origins."""
+    return _items(value, "origins, or *")
+
+
+def header_names(value: object) -> tuple[str, ...]:
+    """Comma-separated HTTP header names (or a sequence of them), in lower case."""
+    names = tuple(name.lower() for name in _items(value, "header names"))
+    for name in names:
+        if not name.replace("-", "").isalnum():
+            raise ValueError(f"{name!r} is not a header name")
+    return names
+
+
+def hook_points(value: object) -> tuple[str, ...]:
+    """Comma-separated hook points (pre-create, ...), or a sequence of them."""
+    known = [point.value for point in HookPoint]
+    points = tuple(point.lower() for point in _items(value, "hook points"))
+    for point in points:
+        if point not in known:
+            raise ValueError(f"{point!r} is not a hook point; they are {', '.join(known)}")
+    return points
+
+
+def web_url(value: object) -> str:
+    url = text(value)
+    if not (url.startswith("http://") or url.startswith("https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return url
 
 
 def storage_location(value: object) -> str:
@@ -540,6 +573,64 @@ class Settings:
         help="Seconds a request waits for a free database or Redis connection before it "
         "answers `503`.",
         doc="A Redis cache read uses the database instead.",
+    )
+
+    # hooks (docs/hooks.md)
+    hooks_module: str | None = option(
+        None,
+        parse=optional(text),
+        metavar="MODULE",
+        commands=[SERVE],
+        help="A Python module (`package.module`, importable by the server) whose functions "
+        "named after hook points (`pre_access`, `pre_create`, `pre_terminate`) are called "
+        "at those points.",
+        doc="A function takes the event (a dict) and returns `None`, an answer dict, or "
+        "raises `tusd_py.events.Reject`; it may be `async`. See [hooks.md](hooks.md).",
+    )
+    hooks_url: str | None = option(
+        None,
+        parse=optional(web_url),
+        metavar="URL",
+        commands=[SERVE],
+        help="A URL that gets each hook's event as a JSON `POST` (header `Hook-Name`) and "
+        "answers `2xx` with an answer object, or an empty body to go on.",
+        doc="Called after `--hooks-module`'s function for the same point, if any.",
+    )
+    hooks_enabled: tuple[str, ...] = option(
+        (),
+        parse=hook_points,
+        metavar="POINTS",
+        commands=[SERVE],
+        shown_default="every point `--hooks-module` has a function for; for `--hooks-url` "
+        "every point but `pre-access`",
+        help="Comma-separated hook points to call (`pre-access,pre-create,pre-terminate`).",
+        doc="`pre-access` runs before every request to an upload or the creation URL, so a "
+        "webhook gets it only when named here.",
+    )
+    hooks_timeout: float = option(
+        5.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="Seconds a hook call may take, retries included; then the request answers "
+        "`500 ERR_HOOK_FAILED` and changes nothing.",
+    )
+    hooks_retries: int = option(
+        2,
+        parse=non_negative_int,
+        metavar="N",
+        commands=[SERVE],
+        help="Further tries of a `--hooks-url` call that could not connect or got a `5xx`, "
+        "100 ms apart and doubling, within `--hooks-timeout`.",
+    )
+    hooks_forward_headers: tuple[str, ...] = option(
+        (),
+        parse=header_names,
+        metavar="NAMES",
+        commands=[SERVE],
+        help="Comma-separated request headers (`authorization,cookie`) sent on with each "
+        "`--hooks-url` call, as headers of that call.",
+        doc="Every hook also finds all of the request's headers in the event's `request.headers`.",
     )
 
     # several processes and hosts

@@ -29,6 +29,7 @@ from .admission.policy import (
 )
 from .admission.system import free_bytes, resident_bytes
 from .config import Settings
+from .core.hooks import NO_HOOKS, HookPoint, Hooks
 from .core.maintenance import Maintenance
 from .core.ports import NULL_METER, Meter, UploadCache, UploadLocks
 from .core.service import UploadService
@@ -233,7 +234,35 @@ def build_service(
     if meter is not NULL_METER:
         store = MeteredStore(store, meter)
         locks = MeteredLocks(locks, meter)
-    return UploadService(store, Repository(database), limits, cache, locks, meter=meter)
+    return UploadService(
+        store, Repository(database), limits, cache, locks, meter=meter, hooks=build_hooks(settings)
+    )
+
+
+def build_hooks(settings: Settings) -> Hooks:
+    """The hooks the settings name (docs/hooks.md), or none."""
+    if settings.hooks_module is None and settings.hooks_url is None:
+        return NO_HOOKS
+    from .events.dispatch import Delivery, HookDispatcher
+    from .events.python_hooks import PythonHooks
+    from .events.webhook import Webhook
+
+    enabled = frozenset(HookPoint(p) for p in settings.hooks_enabled) or None
+    deliveries: list[Delivery] = []
+    if settings.hooks_module is not None:
+        deliveries.append(PythonHooks(settings.hooks_module, settings.hooks_timeout))
+    if settings.hooks_url is not None:
+        deliveries.append(
+            Webhook(
+                settings.hooks_url,
+                settings.hooks_timeout,
+                settings.hooks_retries,
+                settings.hooks_forward_headers,
+                # pre-access runs before every request: a webhook gets it only when named
+                points=enabled or frozenset(HookPoint) - {HookPoint.PRE_ACCESS},
+            )
+        )
+    return HookDispatcher(deliveries, enabled)
 
 
 def make_redis(settings: Settings) -> Redis:

@@ -89,6 +89,10 @@ _METADATA_KEY = re.compile(r"[!-+\--~]+")
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
+def is_valid_metadata_key(key: str) -> bool:
+    return _METADATA_KEY.fullmatch(key) is not None
+
+
 def parse_metadata(value: str) -> dict[str, bytes | None]:
     """`key base64value, key2, ...` -> {key: decoded bytes or None when the key has no value}."""
     result: dict[str, bytes | None] = {}

@@ -29,6 +29,7 @@ from .errors import (
     ServerFault,
     StorageRoomExceeded,
     UploadGone,
+    UploadNotFound,
 )
 from .headers import Checksum
 from .state import GONE_STATUSES, ConcatKind, Upload, UploadStatus
@@ -74,6 +75,18 @@ def check_available(upload: Upload, now: datetime) -> None:
     """PROTOCOL 4/14/17: a terminated or expired upload answers 410."""
     if upload.status in GONE_STATUSES or is_expired(upload, now):
         raise UploadGone()
+
+
+def is_owned_by(upload: Upload, subject: str | None) -> bool:
+    """Whether `subject` may use the upload: its owner, or anyone when it has none."""
+    return upload.owner is None or upload.owner == subject
+
+
+def check_owner(upload: Upload, subject: str | None) -> None:
+    """An upload with an owner exists only for its owner: anyone else is told 404, as if
+    it did not exist (so its id reveals nothing)."""
+    if not is_owned_by(upload, subject):
+        raise UploadNotFound()
 
 
 def is_expired(upload: Upload, now: datetime) -> bool:

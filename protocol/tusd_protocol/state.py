@@ -82,6 +82,8 @@ class Upload:
     concat_header: str | None = None
     expires_at: datetime | None = None
     version: int = 0
+    #: who created it, as a pre-access hook named the caller; None: anyone may use it
+    owner: str | None = None
 
     @property
     def length_deferred(self) -> bool:

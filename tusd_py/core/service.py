@@ -25,11 +25,13 @@ from tusd_protocol.errors import (
     ServerFault,
     UploadNotFound,
 )
+from tusd_protocol.headers import format_metadata, parse_metadata
 from tusd_protocol.rules import AppendOutcome, AppendPlan, Feature, Limits
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
 from tusd_storage import EMPTY_LAYOUT, Layout, Source, Store, Stored
 
 from .body import NO_BYTES, pump_body
+from .hooks import ANONYMOUS, NO_HOOKS, Caller, HookFailed, HookPoint, Hooks, HookUpload
 from .ports import (
     NULL_METER,
     BackendUnavailable,
@@ -42,6 +44,26 @@ from .ports import (
 )
 
 log = logging.getLogger("tusd_py.service")
+
+
+def metadata_texts(metadata: dict[str, bytes | None]) -> dict[str, str | None]:
+    """Metadata for a hook: each value as UTF-8 text (a byte that is not UTF-8 becomes
+    U+FFFD; the stored value is unchanged)."""
+    return {k: None if v is None else v.decode("utf-8", "replace") for k, v in metadata.items()}
+
+
+def hook_upload(upload: Upload, metadata: dict[str, bytes | None] | None = None) -> HookUpload:
+    """What a hook is told about a stored upload."""
+    if metadata is None and upload.metadata_header:
+        metadata = parse_metadata(upload.metadata_header)
+    return HookUpload(
+        id=upload.id,
+        offset=upload.offset,
+        length=upload.length,
+        metadata=metadata_texts(metadata or {}),
+        owner=upload.owner,
+        concat=upload.concat_kind.value,
+    )
 
 
 def new_upload_id() -> str:
@@ -67,6 +89,7 @@ class UploadService:
         locks: UploadLocks,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         meter: Meter = NULL_METER,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.store = store
         self.repository = repository
@@ -75,6 +98,7 @@ class UploadService:
         self.locks = locks
         self.clock = clock
         self.meter = meter
+        self.hooks = hooks
 
     # --- reading -----------------------------------------------------------------------
 
@@ -89,7 +113,7 @@ class UploadService:
             await self.cache.put(upload)
         return upload
 
-    async def head(self, upload_id: str) -> Upload:
+    async def head(self, upload_id: str, caller: Caller = ANONYMOUS) -> Upload:
         """The state a resuming client must continue from.
 
         When a request holds the upload (on any instance), ask it to let go first, so the
@@ -99,6 +123,7 @@ class UploadService:
             raise UploadNotFound()
         kept = self.locks.kept_state(upload_id)
         if kept is not None:  # this process holds the upload between its requests
+            rules.check_owner(kept, caller.subject)
             rules.check_available(kept, self.clock())
             return kept
         try:
@@ -110,6 +135,7 @@ class UploadService:
                 upload = await self.load_for_write(upload_id, holding)
         else:
             upload = await self.load(upload_id)
+        rules.check_owner(upload, caller.subject)
         rules.check_available(upload, self.clock())
         return upload
 
@@ -131,8 +157,11 @@ class UploadService:
             holding.settled = upload
         return upload
 
-    async def download(self, upload_id: str, command: Download) -> DownloadResult:
+    async def download(
+        self, upload_id: str, command: Download, caller: Caller = ANONYMOUS
+    ) -> DownloadResult:
         upload = await self.load(upload_id)
+        rules.check_owner(upload, caller.subject)
         metadata = await self.repository.metadata(upload_id) if upload.metadata_header else {}
         plan = decide_download(
             upload,
@@ -165,6 +194,7 @@ class UploadService:
         receive: Receive,
         base_path: str,
         own_hosts: frozenset[str],
+        caller: Caller = ANONYMOUS,
     ) -> Upload:
         plan = rules.decide_creation(command, self.limits)
         now = self.clock()
@@ -176,14 +206,22 @@ class UploadService:
                 rules.partial_id_from_url(url, base_path, own_hosts) for url in plan.partial_urls
             ]
             found = await self.repository.get_many(partial_ids)
-            missing = [p for p in partial_ids if p not in found]
+            # another owner's partial does not exist for this caller
+            missing = [
+                p
+                for p in partial_ids
+                if p not in found or not rules.is_owned_by(found[p], caller.subject)
+            ]
             if missing:
                 raise PartialNotFound(f"Partial upload {missing[0]} does not exist.")
             partials = [found[p] for p in partial_ids]
             length = rules.decide_final_length(partials, self.limits, now)
         status = rules.initial_status(plan)
+        upload_id = new_upload_id()
+        if self.hooks.enabled(HookPoint.PRE_CREATE):
+            plan, upload_id = await self._pre_create(plan, length, partial_ids, caller, upload_id)
         upload = Upload(
-            id=new_upload_id(),
+            id=upload_id,
             status=status,
             offset=0,
             length=length,
@@ -191,6 +229,7 @@ class UploadService:
             concat_kind=plan.concat_kind,
             concat_header=plan.concat_header,
             expires_at=rules.next_expiry(self.limits, now, status),
+            owner=caller.subject,
         )
         # a new upload is locked from birth: no one else knows its id yet, but taking the lock
         # first means that without a lock service nothing is created (503, not half an upload)
@@ -220,6 +259,38 @@ class UploadService:
         self.meter.upload_created()
         return upload
 
+    async def _pre_create(
+        self,
+        plan: rules.CreationPlan,
+        length: int | None,
+        partial_ids: list[str],
+        caller: Caller,
+        upload_id: str,
+    ) -> tuple[rules.CreationPlan, str]:
+        """The pre-create hook may refuse the creation, replace its metadata and choose its
+        id; the plan and id the upload is created with."""
+        proposed = HookUpload(
+            id=None,
+            length=length,
+            metadata=metadata_texts(plan.metadata),
+            owner=caller.subject,
+            concat=plan.concat_kind.value,
+            partials=tuple(partial_ids),
+        )
+        answer = await self.hooks.call(HookPoint.PRE_CREATE, proposed, caller)
+        if answer.metadata is not None:
+            metadata = {k: None if v is None else v.encode() for k, v in answer.metadata.items()}
+            plan = replace(
+                plan, metadata=metadata, metadata_header=format_metadata(metadata) or None
+            )
+        if answer.upload_id is not None:
+            if await self.repository.get(answer.upload_id) is not None:
+                raise HookFailed(
+                    f"The pre-create hook chose the id {answer.upload_id}, which is in use."
+                )
+            upload_id = answer.upload_id
+        return plan, upload_id
+
     async def _settle(self, holding: Holding, upload: Upload) -> None:
         """`upload` is now the database's record: the lock writes it to the cache as it is
         released (RedisLocks), or it goes to the cache now."""
@@ -235,11 +306,14 @@ class UploadService:
 
     # --- appending ---------------------------------------------------------------------
 
-    async def append(self, upload_id: str, command: Append, receive: Receive) -> Upload:
+    async def append(
+        self, upload_id: str, command: Append, receive: Receive, caller: Caller = ANONYMOUS
+    ) -> Upload:
         if not rules.is_valid_upload_id(upload_id):
             raise UploadNotFound()
         async with self.locks.hold(upload_id) as holding:
             upload = await self.load_for_write(upload_id, holding)
+            rules.check_owner(upload, caller.subject)
             plan = rules.decide_append(upload, command, self.limits, self.clock())
             return await self._receive(upload, plan, receive, holding)
 
@@ -368,12 +442,16 @@ class UploadService:
 
     # --- ending ------------------------------------------------------------------------
 
-    async def terminate(self, upload_id: str) -> None:
+    async def terminate(self, upload_id: str, caller: Caller = ANONYMOUS) -> None:
         if not rules.is_valid_upload_id(upload_id):
             raise UploadNotFound()
         async with self.locks.hold(upload_id):
             upload = await self.load_for_write(upload_id)
+            rules.check_owner(upload, caller.subject)
             rules.check_available(upload, self.clock())
+            if self.hooks.enabled(HookPoint.PRE_TERMINATE):
+                # the lock is held across the hook: nothing can change the upload meanwhile
+                await self.hooks.call(HookPoint.PRE_TERMINATE, hook_upload(upload), caller)
             layout = await self.layout_of(upload_id)
             new = await self.repository.transition(upload, status=UploadStatus.TERMINATED)
             if new is None:

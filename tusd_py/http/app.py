@@ -57,6 +57,7 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
             restore_signals()
             await runtime.stop()
             await meter.stop()
+            await service.hooks.close()
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok\n")

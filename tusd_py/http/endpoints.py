@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -30,7 +31,9 @@ from tusd_protocol.errors import (
 from tusd_protocol.headers import collect_headers
 from tusd_storage import StorageError
 
+from ..admission.middleware import client_address
 from ..config import Settings
+from ..core.hooks import ANONYMOUS, Caller, HookPoint, HookUpload
 from ..core.ports import BackendUnavailable
 from ..core.service import UploadService
 from ..wiring import Runtime
@@ -52,6 +55,14 @@ def lock_service_errors() -> tuple[type[BaseException], ...]:
 #: methods that change uploads: refused while the server shuts down
 WRITES = frozenset({"POST", "PATCH", "DELETE"})
 
+#: the request's Caller, in the ASGI scope (who the pre-access hook said the caller is)
+CALLER = "tusd.caller"
+
+
+def caller_of(request: Request) -> Caller:
+    caller: Caller = request.scope.get(CALLER, ANONYMOUS)
+    return caller
+
 
 class TusHandlers:
     def __init__(self, service: UploadService, settings: Settings, runtime: Runtime) -> None:
@@ -60,6 +71,9 @@ class TusHandlers:
         self.runtime = runtime
         self.started = False
         self.checksum_algorithms = tuple(ALGORITHMS)
+        hooks = service.hooks
+        #: whether any hook listens: only then is a request described for them
+        self.hooks_listen = any(hooks.enabled(point) for point in HookPoint)
 
     # --- dispatch ----------------------------------------------------------------------
 
@@ -91,11 +105,11 @@ class TusHandlers:
         if method == "OPTIONS":
             return self.options()
         if method == "HEAD":
-            return await self.head(upload_id)
+            return await self.head(upload_id, caller_of(request))
         if method == "PATCH":
             return await self.patch(request, headers, upload_id)
         if method == "DELETE":
-            return await self.delete(upload_id)
+            return await self.delete(upload_id, caller_of(request))
         if method == "GET":
             return await self.get(request, headers, upload_id)
         raise MethodNotAllowed(headers={"Allow": "HEAD, PATCH, DELETE, GET, OPTIONS"})
@@ -116,6 +130,8 @@ class TusHandlers:
                     "This server is shutting down; retry, and another will take the upload.",
                     headers={"Retry-After": "1"},
                 )
+            if self.hooks_listen and method != "OPTIONS":
+                await self._identify(request, method)
             return await handler(request, headers, method)
         except ProtocolError as exc:
             return error_response(exc, request, method)
@@ -152,6 +168,24 @@ class TusHandlers:
             log.exception("unexpected error in %s %s", method, request.url.path)
             return error_response(ServerFault(), request, method)
 
+    async def _identify(self, request: Request, method: str) -> None:
+        """Describe the request for the hooks, and ask pre-access about it: a rejection is
+        the client's answer; a subject names the caller (the owner of what it creates)."""
+        raw = {name: value for name, value in request.headers.raw}
+        caller = Caller(
+            method=method,
+            uri=str(request.url),
+            remote_address=client_address(request.scope, raw, self.settings.behind_proxy),
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()},
+        )
+        hooks = self.service.hooks
+        if hooks.enabled(HookPoint.PRE_ACCESS):
+            upload = HookUpload(id=request.path_params.get("upload_id"))
+            answer = await hooks.call(HookPoint.PRE_ACCESS, upload, caller)
+            if answer.subject is not None:
+                caller = replace(caller, subject=answer.subject)
+        request.scope[CALLER] = caller
+
     # --- methods -----------------------------------------------------------------------
 
     def options(self) -> Response:
@@ -164,21 +198,22 @@ class TusHandlers:
             request.receive,
             self._base_path(request),
             own_hosts(request, self.settings.behind_proxy),
+            caller_of(request),
         )
         location = self.location(request, upload.id)
         return Response(status_code=201, headers=tus1.created_headers(upload, location))
 
-    async def head(self, upload_id: str) -> Response:
-        upload = await self.service.head(upload_id)
+    async def head(self, upload_id: str, caller: Caller = ANONYMOUS) -> Response:
+        upload = await self.service.head(upload_id, caller)
         return Response(status_code=200, headers=tus1.head_headers(upload))
 
     async def patch(self, request: Request, headers: Headers, upload_id: str) -> Response:
         command = tus1.parse_append(headers)
-        upload = await self.service.append(upload_id, command, request.receive)
+        upload = await self.service.append(upload_id, command, request.receive, caller_of(request))
         return Response(status_code=204, headers=tus1.appended_headers(upload))
 
-    async def delete(self, upload_id: str) -> Response:
-        await self.service.terminate(upload_id)
+    async def delete(self, upload_id: str, caller: Caller = ANONYMOUS) -> Response:
+        await self.service.terminate(upload_id, caller)
         return Response(status_code=204, headers=tus1.RESUMABLE)
 
     async def get(self, request: Request, headers: Headers, upload_id: str) -> Response:
@@ -187,7 +222,7 @@ class TusHandlers:
             if_none_match=headers.get("if-none-match"),
             if_range=headers.get("if-range"),
         )
-        result = await self.service.download(upload_id, command)
+        result = await self.service.download(upload_id, command, caller_of(request))
         plan = result.plan
         out = {**tus1.RESUMABLE, **plan.headers}
         if not plan.sends_body:

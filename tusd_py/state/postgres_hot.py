@@ -28,7 +28,7 @@ _SELECTED = ", ".join(f"uploads.{_quoted(c.name)}" for c in UPLOAD_COLUMNS)
 #: the uploads whose ids are in %(ids)s (a list), each row as UPLOAD_COLUMNS
 GET_UPLOADS = f"SELECT {_SELECTED} FROM uploads WHERE uploads.id = ANY(%(ids)s::text[])"
 
-_INSERTED = [c for c in uploads.c if c.key != "owner"]
+_INSERTED = list(uploads.c)
 
 #: one row per element of %(rows)s, each with the fields of sql.insert_values (v_<column>)
 INSERT_UPLOADS = (

@@ -52,6 +52,7 @@ def encode_upload(upload: Upload) -> str:
             "concat_header": upload.concat_header,
             "expires_at": upload.expires_at.isoformat() if upload.expires_at else None,
             "version": upload.version,
+            "owner": upload.owner,
         },
         separators=(",", ":"),
     )
@@ -69,6 +70,7 @@ def decode_upload(text: str | bytes) -> Upload:
         concat_header=raw["concat_header"],
         expires_at=datetime.fromisoformat(raw["expires_at"]) if raw["expires_at"] else None,
         version=raw["version"],
+        owner=raw.get("owner"),  # entries written before owners were kept have none
     )
 
 

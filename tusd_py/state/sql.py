@@ -129,13 +129,14 @@ UPLOAD_COLUMNS = (
     uploads.c.concat_header,
     uploads.c.expires_at,
     uploads.c.version,
+    uploads.c.owner,
 )
 
 GET_UPLOAD = sa.select(*UPLOAD_COLUMNS).where(uploads.c.id == sa.bindparam("id"))
 
-#: parameters: `v_<column>` for every column but owner
+#: parameters: `v_<column>` for every column
 INSERT_UPLOAD = uploads.insert().values(
-    {column: sa.bindparam(f"v_{column.key}") for column in uploads.c if column.key != "owner"}
+    {column: sa.bindparam(f"v_{column.key}") for column in uploads.c}
 )
 
 #: parameters: the expected old record (old_id, old_status, old_offset, old_version) and
@@ -161,7 +162,18 @@ TRANSITION_UPLOAD = (
 
 def upload_from_tuple(row: Sequence[Any]) -> Upload:
     """An Upload from a row of UPLOAD_COLUMNS."""
-    upload_id, status, offset, length, header, concat_kind, concat_header, expires, version = row
+    (
+        upload_id,
+        status,
+        offset,
+        length,
+        header,
+        concat_kind,
+        concat_header,
+        expires,
+        version,
+        owner,
+    ) = row
     return Upload(
         id=upload_id,
         status=UploadStatus(status),
@@ -172,6 +184,7 @@ def upload_from_tuple(row: Sequence[Any]) -> Upload:
         concat_header=concat_header,
         expires_at=utc(expires),
         version=version,
+        owner=owner,
     )
 
 
@@ -194,6 +207,7 @@ def insert_values(
         "v_updated_at": now,
         "v_expires_at": upload.expires_at,
         "v_version": upload.version,
+        "v_owner": upload.owner,
     }
 
 
@@ -216,6 +230,7 @@ def next_record(
         concat_header=old.concat_header,
         expires_at=expires_at,
         version=old.version + 1,
+        owner=old.owner,
     )
 
 

@@ -1,0 +1,129 @@
+"""Hooks as the upload service sees them: where they are called, what they are told, and what
+their answer may change. How a hook is delivered (a Python function, a webhook) is the
+events package's business; the service only calls the Hooks port.
+
+Blocking hooks (pre-*) decide the client's answer: a rejection becomes the client's status
+and message, and a hook that fails (raises, times out, cannot be reached, answers nonsense)
+is a 5xx with a stable code, never ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tusd_protocol.errors import ProtocolError, ServerFault
+
+
+class HookPoint(enum.StrEnum):
+    #: every request to an upload or the collection (not OPTIONS); may reject, and may
+    #: name the caller (subject), who then owns what it creates
+    PRE_ACCESS = "pre-access"
+    #: before an upload is created; may reject, change its metadata or choose its id
+    PRE_CREATE = "pre-create"
+    #: before an upload is terminated; may reject
+    PRE_TERMINATE = "pre-terminate"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The request a hook is called for, and who sent it (once pre-access said so)."""
+
+    method: str
+    uri: str
+    remote_address: str | None = None
+    #: the request's headers, names in lower case
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: who the caller is, as pre-access named it (None: no pre-access hook, or it did not say)
+    subject: str | None = None
+
+
+#: a caller nobody named (no pre-access hook): uploads with an owner do not exist for it
+ANONYMOUS = Caller(method="", uri="")
+
+
+@dataclass(frozen=True)
+class HookUpload:
+    """What a hook is told about the upload (None where not known yet)."""
+
+    id: str | None
+    offset: int = 0
+    length: int | None = None
+    metadata: Mapping[str, str | None] = field(default_factory=dict)
+    owner: str | None = None
+    #: "none", "partial" or "final"
+    concat: str = "none"
+    #: the partial ids a final upload is made of
+    partials: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HookAnswer:
+    """What a blocking hook may change; each field None where it changes nothing."""
+
+    #: pre-access: who the caller is
+    subject: str | None = None
+    #: pre-create: the metadata the upload gets instead of the client's
+    metadata: Mapping[str, str | None] | None = None
+    #: pre-create: the id the upload gets instead of a random one
+    upload_id: str | None = None
+
+
+ACCEPTED = HookAnswer()
+
+
+class Hooks(Protocol):
+    def enabled(self, point: HookPoint) -> bool:
+        """Whether anything listens at this point (when nothing does, the service builds no
+        payload and waits for nothing)."""
+
+    async def call(self, point: HookPoint, upload: HookUpload, caller: Caller) -> HookAnswer:
+        """Call a blocking hook; raises HookRejected or HookFailed."""
+
+    async def close(self) -> None:
+        """Let go of connections (at shutdown)."""
+
+
+class NoHooks:
+    def enabled(self, point: HookPoint) -> bool:
+        return False
+
+    async def call(self, point: HookPoint, upload: HookUpload, caller: Caller) -> HookAnswer:
+        return ACCEPTED
+
+    async def close(self) -> None:
+        pass
+
+
+NO_HOOKS = NoHooks()
+
+
+class HookRejected(ProtocolError):
+    """A hook said no: the client gets the hook's status (400-599) and message."""
+
+    code = "ERR_HOOK_REJECTED"
+    default_message = "The request was refused."
+
+    def __init__(
+        self,
+        status: int,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status  # type: ignore[misc]  # the hook's, not the class's
+        if code:
+            self.code = code  # type: ignore[misc]
+
+
+class HookFailed(ServerFault):
+    """A blocking hook could not decide: it raised, timed out, could not be reached or
+    answered something that is not an answer. Our side (the server's configuration)."""
+
+    status = 500
+    code = "ERR_HOOK_FAILED"
+    default_message = "A hook the server depends on failed; the request changed nothing."

@@ -1,0 +1,65 @@
+"""Hooks as Python functions: `--hooks-module package.module`, one function per hook point,
+named after it (pre_create for pre-create). A function takes the event (a dict) and returns
+None, an answer dict, or raises Reject; it may be async. A plain function runs in a worker
+thread, so a slow one (a database lookup, say) does not stop the server's other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ..core.hooks import Caller, HookAnswer, HookFailed, HookPoint, HookRejected, HookUpload
+from .payload import event, read_answer
+
+
+def function_name(point: HookPoint) -> str:
+    return point.value.replace("-", "_")
+
+
+class PythonHooks:
+    def __init__(self, module_name: str, timeout: float) -> None:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"--hooks-module {module_name}: cannot import it: {exc}") from exc
+        self.source = f"{module_name}"
+        self.timeout = timeout
+        self.functions: dict[HookPoint, Callable[..., Any]] = {}
+        for point in HookPoint:
+            function = getattr(module, function_name(point), None)
+            if function is None:
+                continue
+            if not callable(function):
+                raise ValueError(
+                    f"--hooks-module {module_name}: {function_name(point)} is not a function"
+                )
+            self.functions[point] = function
+
+    def points(self) -> frozenset[HookPoint]:
+        return frozenset(self.functions)
+
+    async def call(self, point: HookPoint, upload: HookUpload, caller: Caller) -> HookAnswer:
+        function = self.functions[point]
+        source = f"{self.source}.{function.__name__}"
+        payload = event(point, upload, caller)
+        try:
+            async with asyncio.timeout(self.timeout):
+                if inspect.iscoroutinefunction(function):
+                    raw = await function(payload)
+                else:
+                    raw = await asyncio.to_thread(function, payload)
+        except HookRejected:
+            raise
+        except TimeoutError as exc:
+            raise HookFailed(
+                f"The {point.value} hook ({source}) did not answer within {self.timeout:g} s."
+            ) from exc
+        except Exception as exc:
+            raise HookFailed(
+                f"The {point.value} hook ({source}) raised {type(exc).__name__}."
+            ) from exc
+        return read_answer(point, raw, source)
