@@ -29,7 +29,7 @@ from .admission.policy import (
 )
 from .admission.system import free_bytes, resident_bytes
 from .config import Settings
-from .core.hooks import NO_HOOKS, HookPoint, Hooks
+from .core.hooks import NO_HOOKS, NOTIFYING, HookPoint, Hooks
 from .core.maintenance import Maintenance
 from .core.ports import NULL_METER, Meter, UploadCache, UploadLocks
 from .core.service import UploadService
@@ -42,6 +42,8 @@ from .state.sql import Repository
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from .events.relay import EventRelay
 
 # redis and the Redis implementations are imported where Redis is configured: a server
 # without it does not carry them (about 22 MiB per process)
@@ -91,6 +93,8 @@ class Runtime:
         self.draining = False
         self._starting = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        #: delivers the outbox's events, when a notifying hook listens
+        self.relay: EventRelay | None = None
         #: more questions /ready asks (each None when fine, else what is wrong)
         self.readiness_checks: list[Callable[[], str | None]] = []
 
@@ -106,6 +110,15 @@ class Runtime:
                 self._sweeper = asyncio.create_task(
                     self.maintenance.sweep_forever(self.settings.sweep_interval)
                 )
+            hooks = self.service.hooks
+            if any(hooks.enabled(point) for point in NOTIFYING):
+                from .events.relay import EventRelay
+
+                # a claim outlasts a delivery to each of the two deliveries, retries included
+                lease = 2 * self.settings.hooks_timeout + 30
+                self.relay = EventRelay(self.service.repository, hooks, lease)
+                self.service.on_events = self.relay.nudge
+                self.relay.start()
             self.started = True
 
     def begin_drain(self) -> None:
@@ -137,6 +150,9 @@ class Runtime:
         return None
 
     async def stop(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()  # a delivery cut short stays claimed, then due again
+            self.relay = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

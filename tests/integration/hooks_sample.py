@@ -59,3 +59,18 @@ def pre_terminate(event: dict[str, Any]) -> None:
     _log(event)
     if event["upload"]["metadata"].get("keep") == "forever":
         raise Reject(403, "This upload is kept.", code="ERR_KEPT")
+
+
+def post_finish(event: dict[str, Any]) -> None:
+    """Notifying: what it returns does not matter; raising makes the relay try again."""
+    _log(event)
+    if event["upload"]["metadata"].get("filename") == "flaky" and not _seen_before(event):
+        raise RuntimeError("not this time")
+
+
+def _seen_before(event: dict[str, Any]) -> bool:
+    path = os.environ.get("TUSD_TEST_HOOKS_LOG")
+    if not path:
+        return False
+    with open(path) as log:
+        return sum(1 for line in log if event["id"] in line) > 1

@@ -5,10 +5,8 @@ pre-terminate, delivered by a Python module and by a webhook (docs/hooks.md)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess
+from tests.integration._hookd import Hookd
 from tests.integration._wire import (
     TUS,
     assert_error,
@@ -176,59 +175,6 @@ def test_pre_terminate_rejects_and_the_upload_stays(http: httpx.Client) -> None:
 
 
 # --- a webhook -----------------------------------------------------------------------------
-
-
-class Hookd:
-    """A webhook receiver on a free port: records each call, answers what `answer` says."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, str], dict[str, Any]]] = []
-        self.failures_left = 0
-        hookd = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hookd.calls.append(
-                    (
-                        self.headers["Hook-Name"],
-                        {k.lower(): v for k, v in self.headers.items()},
-                        body,
-                    )
-                )
-                if hookd.failures_left > 0:
-                    hookd.failures_left -= 1
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                answer = hookd.answer(self.headers["Hook-Name"], body)
-                data = b"" if answer is None else json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, point: str, event: dict[str, Any]) -> dict[str, Any] | None:
-        if point == "pre-access":
-            token = event["request"]["headers"].get("authorization", "")
-            return {"subject": token.removeprefix("Bearer ")} if token else None
-        if point == "pre-create" and event["upload"]["length"] == 13:
-            return {"reject": {"status": 413, "message": "Unlucky size."}}
-        if point == "pre-create" and event["upload"]["length"] == 7:
-            time.sleep(5)  # beyond --hooks-timeout
-        return None
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -10,9 +10,11 @@ is a 5xx with a stable code, never ignored.
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from tusd_protocol.errors import ProtocolError, ServerFault
 
@@ -25,6 +27,17 @@ class HookPoint(enum.StrEnum):
     PRE_CREATE = "pre-create"
     #: before an upload is terminated; may reject
     PRE_TERMINATE = "pre-terminate"
+    #: an upload was created (notifying: delivered at least once, after the commit)
+    POST_CREATE = "post-create"
+    #: every byte of an upload is stored (notifying)
+    POST_FINISH = "post-finish"
+    #: an upload was terminated (notifying)
+    POST_TERMINATE = "post-terminate"
+
+
+#: the points whose events are kept in the outbox and delivered after the change commits;
+#: the others are blocking: called before it, and their answer decides
+NOTIFYING = frozenset({HookPoint.POST_CREATE, HookPoint.POST_FINISH, HookPoint.POST_TERMINATE})
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,9 @@ class Caller:
 
 #: a caller nobody named (no pre-access hook): uploads with an owner do not exist for it
 ANONYMOUS = Caller(method="", uri="")
+#: the server itself (a final upload assembled when its last partial finished): events it
+#: causes carry an empty request
+SYSTEM_CALLER = ANONYMOUS
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,32 @@ class HookAnswer:
 ACCEPTED = HookAnswer()
 
 
+def make_event(point: HookPoint, upload: HookUpload, caller: Caller) -> dict[str, Any]:
+    """The event a hook gets, as JSON-ready data (docs/hooks.md); its id lets a consumer
+    drop a duplicate."""
+    return {
+        "id": uuid.uuid4().hex,
+        "type": point.value,
+        "time": datetime.now(UTC).isoformat(),
+        "upload": {
+            "id": upload.id,
+            "offset": upload.offset,
+            "length": upload.length,
+            "metadata": dict(upload.metadata),
+            "owner": upload.owner,
+            "concat": upload.concat,
+            "partials": list(upload.partials),
+        },
+        "request": {
+            "method": caller.method,
+            "uri": caller.uri,
+            "remote_address": caller.remote_address,
+            "headers": dict(caller.headers),
+            "subject": caller.subject,
+        },
+    }
+
+
 class Hooks(Protocol):
     def enabled(self, point: HookPoint) -> bool:
         """Whether anything listens at this point (when nothing does, the service builds no
@@ -81,6 +123,10 @@ class Hooks(Protocol):
 
     async def call(self, point: HookPoint, upload: HookUpload, caller: Caller) -> HookAnswer:
         """Call a blocking hook; raises HookRejected or HookFailed."""
+
+    async def deliver(self, point: HookPoint, event: Mapping[str, Any]) -> None:
+        """Deliver a notifying event (the outbox relay calls this); raises HookFailed when
+        a delivery did not take it, so that it is tried again."""
 
     async def close(self) -> None:
         """Let go of connections (at shutdown)."""
@@ -92,6 +138,9 @@ class NoHooks:
 
     async def call(self, point: HookPoint, upload: HookUpload, caller: Caller) -> HookAnswer:
         return ACCEPTED
+
+    async def deliver(self, point: HookPoint, event: Mapping[str, Any]) -> None:
+        pass
 
     async def close(self) -> None:
         pass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -34,6 +34,19 @@ class BackendUnavailable(Exception):
 # --- the state database ---------------------------------------------------------------
 
 
+class OutboxEvent(Protocol):
+    """An event claimed for delivery (state/sql.py's row)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def payload(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+
+
 class Repository(Protocol):
     """Upload records: every transition is guarded by the expected old record."""
 
@@ -44,7 +57,9 @@ class Repository(Protocol):
         partial_ids: Sequence[str] = (),
         now: datetime | None = None,
         layout: Layout = ...,
-    ) -> None: ...
+        events: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Insert the upload; `events` go to the outbox in the same transaction."""
 
     async def get(self, upload_id: str) -> Upload | None: ...
 
@@ -63,8 +78,20 @@ class Repository(Protocol):
         now: datetime | None = None,
         layout: Layout | None = None,
         new_parts: Sequence[Part] = (),
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> Upload | None:
-        """Move `old` to its next state; None when the stored record is no longer `old`."""
+        """Move `old` to its next state; None when the stored record is no longer `old`.
+        `events` go to the outbox in the same transaction (and only if it commits)."""
+
+    async def claim_events(self, limit: int, lease_seconds: float) -> Sequence[OutboxEvent]:
+        """Up to `limit` due events, each claimed for `lease_seconds`, its attempt counted."""
+
+    async def event_delivered(self, event_id: str) -> None: ...
+
+    async def event_not_delivered(
+        self, event_id: str, error: str, retry_at: datetime | None
+    ) -> None:
+        """Try again at `retry_at`, or (None) mark it failed."""
 
     async def layout(self, upload_id: str) -> Layout: ...
 

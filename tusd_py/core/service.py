@@ -14,6 +14,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from tusd_protocol import rules
 from tusd_protocol.checksums import new_hasher
@@ -31,7 +32,17 @@ from tusd_protocol.state import ConcatKind, Upload, UploadStatus
 from tusd_storage import EMPTY_LAYOUT, Layout, Source, Store, Stored
 
 from .body import NO_BYTES, pump_body
-from .hooks import ANONYMOUS, NO_HOOKS, Caller, HookFailed, HookPoint, Hooks, HookUpload
+from .hooks import (
+    ANONYMOUS,
+    NO_HOOKS,
+    SYSTEM_CALLER,
+    Caller,
+    HookFailed,
+    HookPoint,
+    Hooks,
+    HookUpload,
+    make_event,
+)
 from .ports import (
     NULL_METER,
     BackendUnavailable,
@@ -99,6 +110,8 @@ class UploadService:
         self.clock = clock
         self.meter = meter
         self.hooks = hooks
+        #: called after a commit that wrote events (the relay then looks at once)
+        self.on_events: Callable[[], None] = lambda: None
 
     # --- reading -----------------------------------------------------------------------
 
@@ -236,7 +249,14 @@ class UploadService:
         async with self.locks.hold(upload.id) as holding:
             layout = await self.store.create(upload.id, length)
             try:
-                await self.repository.insert(upload, plan.metadata, partial_ids, now, layout)
+                events = self._events(HookPoint.POST_CREATE, upload, caller, plan.metadata)
+                if status is UploadStatus.FINISHED:
+                    events += self._events(HookPoint.POST_FINISH, upload, caller, plan.metadata)
+                await self.repository.insert(
+                    upload, plan.metadata, partial_ids, now, layout, events=events
+                )
+                if events:
+                    self.on_events()
             except BaseException:
                 await self.store.delete(upload.id, layout)
                 raise
@@ -250,7 +270,9 @@ class UploadService:
                 holding.settled = upload
             if plan.initial_append is not None:
                 try:
-                    upload = await self._receive(upload, plan.initial_append, receive, holding)
+                    upload = await self._receive(
+                        upload, plan.initial_append, receive, holding, caller
+                    )
                 except ProtocolError:
                     # bad input changes nothing: the upload it would have created goes too
                     holding.settled = None
@@ -291,6 +313,18 @@ class UploadService:
             upload_id = answer.upload_id
         return plan, upload_id
 
+    def _events(
+        self,
+        point: HookPoint,
+        upload: Upload,
+        caller: Caller,
+        metadata: dict[str, bytes | None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The event of a notifying point for the outbox, when anything listens there."""
+        if not self.hooks.enabled(point):
+            return []
+        return [make_event(point, hook_upload(upload, metadata), caller)]
+
     async def _settle(self, holding: Holding, upload: Upload) -> None:
         """`upload` is now the database's record: the lock writes it to the cache as it is
         released (RedisLocks), or it goes to the cache now."""
@@ -315,10 +349,15 @@ class UploadService:
             upload = await self.load_for_write(upload_id, holding)
             rules.check_owner(upload, caller.subject)
             plan = rules.decide_append(upload, command, self.limits, self.clock())
-            return await self._receive(upload, plan, receive, holding)
+            return await self._receive(upload, plan, receive, holding, caller)
 
     async def _receive(
-        self, upload: Upload, plan: AppendPlan, receive: Receive, holding: Holding
+        self,
+        upload: Upload,
+        plan: AppendPlan,
+        receive: Receive,
+        holding: Holding,
+        caller: Caller = ANONYMOUS,
     ) -> Upload:
         layout = await self.layout_of(upload.id)
         plan = rules.limit_to_store_room(plan, self.store.room(layout, plan.offset))
@@ -345,16 +384,32 @@ class UploadService:
             upload, plan, stored.size, body.complete, hasher.digest() if hasher else None
         )
         # bytes that do not count (an interrupted chunk with a checksum) leave no record
-        return await self._commit_append(upload, outcome, stored if outcome.kept else None, holding)
+        return await self._commit_append(
+            upload, outcome, stored if outcome.kept else None, holding, caller
+        )
 
     async def _commit_append(
-        self, upload: Upload, outcome: AppendOutcome, stored: Stored | None, holding: Holding
+        self,
+        upload: Upload,
+        outcome: AppendOutcome,
+        stored: Stored | None,
+        holding: Holding,
+        caller: Caller = ANONYMOUS,
     ) -> Upload:
         if upload.status is UploadStatus.FINISHED:
             return upload  # an empty PATCH at the end of a finished upload changes nothing
         now = self.clock()
         stored = stored if stored is not None and self.store.uses_layout else None
         holding.settled = None  # unknown until the transition is known to be done
+        events = []
+        if outcome.new_status is UploadStatus.FINISHED:
+            finished = replace(
+                upload,
+                status=outcome.new_status,
+                offset=outcome.new_offset,
+                length=outcome.new_length if outcome.new_length is not None else upload.length,
+            )
+            events = self._events(HookPoint.POST_FINISH, finished, caller)
         new = await self.repository.transition(
             upload,
             status=outcome.new_status,
@@ -364,7 +419,10 @@ class UploadService:
             now=now,
             layout=stored.layout if stored else None,
             new_parts=stored.new_parts if stored else (),
+            events=events,
         )
+        if new is not None and events:
+            self.on_events()
         if new is None:
             await self.cache.forget(upload.id)
             raise ServerFault("The upload changed under this request; nothing was acknowledged.")
@@ -425,6 +483,8 @@ class UploadService:
         length = sum(source.length for source in sources)
         layout = await self.store.concatenate(final.id, sources, await self.layout_of(final.id))
         layout = await self.store.finish(final.id, length, layout)
+        finished = replace(final, status=UploadStatus.FINISHED, offset=length, length=length)
+        events = self._events(HookPoint.POST_FINISH, finished, SYSTEM_CALLER)
         new = await self.repository.transition(
             final,
             status=UploadStatus.FINISHED,
@@ -432,7 +492,10 @@ class UploadService:
             length=length,
             now=self.clock(),
             layout=layout if self.store.uses_layout else None,
+            events=events,
         )
+        if new is not None and events:
+            self.on_events()
         if new is None:
             await self.cache.forget(final.id)
             raise ServerFault("The final upload changed while it was being assembled.")
@@ -453,7 +516,13 @@ class UploadService:
                 # the lock is held across the hook: nothing can change the upload meanwhile
                 await self.hooks.call(HookPoint.PRE_TERMINATE, hook_upload(upload), caller)
             layout = await self.layout_of(upload_id)
-            new = await self.repository.transition(upload, status=UploadStatus.TERMINATED)
+            terminated = replace(upload, status=UploadStatus.TERMINATED)
+            events = self._events(HookPoint.POST_TERMINATE, terminated, caller)
+            new = await self.repository.transition(
+                upload, status=UploadStatus.TERMINATED, events=events
+            )
+            if new is not None and events:
+                self.on_events()
             if new is None:
                 await self.cache.forget(upload_id)
                 raise ServerFault("The upload changed while it was being terminated.")

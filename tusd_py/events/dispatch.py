@@ -5,8 +5,8 @@ changes: each is told about the request as the client sent it)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from ..core.hooks import ACCEPTED, Caller, HookAnswer, HookPoint, HookUpload
 
@@ -15,6 +15,8 @@ class Delivery(Protocol):
     def points(self) -> frozenset[HookPoint]: ...
 
     async def call(self, point: HookPoint, upload: HookUpload, caller: Caller) -> HookAnswer: ...
+
+    async def deliver(self, point: HookPoint, event: Mapping[str, Any]) -> None: ...
 
 
 class HookDispatcher:
@@ -42,6 +44,12 @@ class HookDispatcher:
                 upload_id=given.upload_id if given.upload_id is not None else answer.upload_id,
             )
         return answer
+
+    async def deliver(self, point: HookPoint, event: Mapping[str, Any]) -> None:
+        """Every delivery at this point takes the event, or HookFailed (then all are tried
+        again later: a consumer that took it already gets it twice, and can tell by its id)."""
+        for delivery in self._by_point.get(point, ()):
+            await delivery.deliver(point, event)
 
     async def close(self) -> None:
         for delivery in self.deliveries:

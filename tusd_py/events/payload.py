@@ -3,15 +3,12 @@ gives back, read strictly: an answer that is not one fails the hook instead of b
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any
 
 from tusd_protocol import rules
 from tusd_protocol.headers import is_valid_metadata_key
 
-from ..core.hooks import Caller, HookAnswer, HookFailed, HookPoint, HookRejected, HookUpload
+from ..core.hooks import HookAnswer, HookFailed, HookPoint, HookRejected
 
 #: the fields an answer may carry, by hook point
 ANSWER_FIELDS: dict[HookPoint, frozenset[str]] = {
@@ -19,31 +16,6 @@ ANSWER_FIELDS: dict[HookPoint, frozenset[str]] = {
     HookPoint.PRE_CREATE: frozenset({"reject", "metadata", "id"}),
     HookPoint.PRE_TERMINATE: frozenset({"reject"}),
 }
-
-
-def event(point: HookPoint, upload: HookUpload, caller: Caller) -> dict[str, Any]:
-    """The event as JSON-ready data; its id lets a consumer drop a duplicate."""
-    return {
-        "id": uuid.uuid4().hex,
-        "type": point.value,
-        "time": datetime.now(UTC).isoformat(),
-        "upload": {
-            "id": upload.id,
-            "offset": upload.offset,
-            "length": upload.length,
-            "metadata": dict(upload.metadata),
-            "owner": upload.owner,
-            "concat": upload.concat,
-            "partials": list(upload.partials),
-        },
-        "request": {
-            "method": caller.method,
-            "uri": caller.uri,
-            "remote_address": caller.remote_address,
-            "headers": dict(caller.headers),
-            "subject": caller.subject,
-        },
-    }
 
 
 def read_answer(point: HookPoint, raw: object, source: str) -> HookAnswer:

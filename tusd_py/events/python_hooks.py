@@ -9,11 +9,19 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core.hooks import Caller, HookAnswer, HookFailed, HookPoint, HookRejected, HookUpload
-from .payload import event, read_answer
+from ..core.hooks import (
+    Caller,
+    HookAnswer,
+    HookFailed,
+    HookPoint,
+    HookRejected,
+    HookUpload,
+    make_event,
+)
+from .payload import read_answer
 
 
 def function_name(point: HookPoint) -> str:
@@ -43,15 +51,24 @@ class PythonHooks:
         return frozenset(self.functions)
 
     async def call(self, point: HookPoint, upload: HookUpload, caller: Caller) -> HookAnswer:
+        raw = await self._run(point, make_event(point, upload, caller))
+        return read_answer(point, raw, self._source(point))
+
+    async def deliver(self, point: HookPoint, event: Mapping[str, Any]) -> None:
+        """A notifying event: the function returning (whatever it returns) takes it."""
+        await self._run(point, dict(event))
+
+    def _source(self, point: HookPoint) -> str:
+        return f"{self.source}.{self.functions[point].__name__}"
+
+    async def _run(self, point: HookPoint, event: dict[str, Any]) -> object:
         function = self.functions[point]
-        source = f"{self.source}.{function.__name__}"
-        payload = event(point, upload, caller)
+        source = self._source(point)
         try:
             async with asyncio.timeout(self.timeout):
                 if inspect.iscoroutinefunction(function):
-                    raw = await function(payload)
-                else:
-                    raw = await asyncio.to_thread(function, payload)
+                    return await function(event)
+                return await asyncio.to_thread(function, event)
         except HookRejected:
             raise
         except TimeoutError as exc:
@@ -60,6 +77,5 @@ class PythonHooks:
             ) from exc
         except Exception as exc:
             raise HookFailed(
-                f"The {point.value} hook ({source}) raised {type(exc).__name__}."
+                f"The {point.value} hook ({source}) raised {type(exc).__name__}: {exc}"
             ) from exc
-        return read_answer(point, raw, source)

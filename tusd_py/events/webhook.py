@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
-from ..core.hooks import Caller, HookAnswer, HookFailed, HookPoint, HookUpload
-from .payload import event, read_answer
+from ..core.hooks import Caller, HookAnswer, HookFailed, HookPoint, HookUpload, make_event
+from .payload import read_answer
 
 #: the first pause between tries; each later one doubles it
 FIRST_BACKOFF = 0.1
@@ -52,23 +52,8 @@ class Webhook:
             self._client = None
 
     async def call(self, point: HookPoint, upload: HookUpload, caller: Caller) -> HookAnswer:
-        payload = event(point, upload, caller)
-        headers = {"Content-Type": "application/json", "Hook-Name": point.value}
-        for name in self.forward_headers:
-            value = caller.headers.get(name)
-            if value is not None:
-                headers[name] = value
-        body = json.dumps(payload, separators=(",", ":")).encode()
+        response = await self._exchange(point, make_event(point, upload, caller))
         source = self.url
-        try:
-            async with asyncio.timeout(self.timeout):
-                response = await self._post(body, headers, point)
-        except TimeoutError as exc:
-            raise HookFailed(
-                f"The {point.value} hook ({source}) did not answer within {self.timeout:g} s."
-            ) from exc
-        if not 200 <= response.status_code < 300:
-            raise HookFailed(f"The {point.value} hook ({source}) answered {response.status_code}.")
         if not response.content.strip():
             return HookAnswer()
         try:
@@ -78,6 +63,32 @@ class Webhook:
                 f"The {point.value} hook ({source}) answered with a body that is not JSON."
             ) from exc
         return read_answer(point, raw, source)
+
+    async def deliver(self, point: HookPoint, event: Mapping[str, Any]) -> None:
+        """A notifying event: any 2xx takes it (the body is not read)."""
+        await self._exchange(point, event)
+
+    async def _exchange(self, point: HookPoint, event: Mapping[str, Any]) -> httpx.Response:
+        """POST the event (retries within the deadline): a 2xx response, or HookFailed."""
+        headers = {"Content-Type": "application/json", "Hook-Name": point.value}
+        request_headers = event["request"]["headers"]
+        for name in self.forward_headers:
+            value = request_headers.get(name)
+            if value is not None:
+                headers[name] = value
+        body = json.dumps(event, separators=(",", ":")).encode()
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._post(body, headers, point)
+        except TimeoutError as exc:
+            raise HookFailed(
+                f"The {point.value} hook ({self.url}) did not answer within {self.timeout:g} s."
+            ) from exc
+        if not 200 <= response.status_code < 300:
+            raise HookFailed(
+                f"The {point.value} hook ({self.url}) answered {response.status_code}."
+            )
+        return response
 
     async def _post(self, body: bytes, headers: dict[str, str], point: HookPoint) -> httpx.Response:
         pause = FIRST_BACKOFF

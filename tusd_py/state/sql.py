@@ -8,8 +8,9 @@ the record.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -95,6 +96,53 @@ upload_fragments = sa.Table(
     sa.Column("key", sa.String(1024), nullable=False),
     sa.Column("checksum", sa.String(128), nullable=False),
 )
+
+
+#: events (post-create, post-finish, post-terminate), written in the transaction that makes
+#: the change and delivered at least once by the relay (events/relay.py). Pending events have
+#: a next_attempt_at; delivered and failed ones do not.
+events_outbox = sa.Table(
+    "events_outbox",
+    metadata_obj,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("upload_id", sa.String(64), nullable=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Index("ix_events_outbox_next_attempt_at", "next_attempt_at"),
+    sa.Index("ix_events_outbox_upload_id", "upload_id"),
+)
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """An event claimed for delivery."""
+
+    id: str
+    type: str
+    upload_id: str | None
+    #: the event as JSON text
+    payload: str
+    #: deliveries tried so far, this one included
+    attempts: int
+
+
+def outbox_row(event: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    return {
+        "id": event["id"],
+        "type": event["type"],
+        "upload_id": event["upload"]["id"],
+        "payload": json.dumps(event, separators=(",", ":")),
+        "created_at": now,
+        "attempts": 0,
+        "next_attempt_at": now,
+    }
 
 
 #: statuses whose bytes we keep
@@ -283,14 +331,16 @@ class Repository:
         partial_ids: Sequence[str] = (),
         now: datetime | None = None,
         layout: Layout = EMPTY_LAYOUT,
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        if self._hot is not None and not partial_ids:  # one INSERT (batched)
+        """Insert the upload; `events` go to the outbox in the same transaction."""
+        if self._hot is not None and not partial_ids and not events:  # one INSERT (batched)
             values = insert_values(upload, metadata, now or datetime.now(UTC), layout)
             await self._hot.insert(values)
             return
-        # one INSERT unless the final of a concatenation lists its partials too
-        run = self.database.run if partial_ids else self.database.run_single
-        return await run(self._sql.insert, upload, metadata, partial_ids, now, layout)
+        # one INSERT unless the final of a concatenation lists its partials, or events go too
+        run = self.database.run if partial_ids or events else self.database.run_single
+        return await run(self._sql.insert, upload, metadata, partial_ids, now, layout, events)
 
     async def get(self, upload_id: str) -> Upload | None:
         if self._hot is not None:
@@ -314,9 +364,11 @@ class Repository:
         now: datetime | None = None,
         layout: Layout | None = None,
         new_parts: Sequence[Part] = (),
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> Upload | None:
-        """Move `old` to its next state; None when the stored record is no longer `old`."""
-        single = layout is None and not new_parts
+        """Move `old` to its next state; None when the stored record is no longer `old`.
+        `events` go to the outbox in the same transaction (and only if it commits)."""
+        single = layout is None and not new_parts and not events
         if single and self._hot is not None:  # one guarded UPDATE (batched)
             now = now or datetime.now(UTC)
             new = next_record(old, status, offset, length, expires_at)
@@ -334,7 +386,24 @@ class Repository:
             now=now,
             layout=layout,
             new_parts=new_parts,
+            events=events,
         )
+
+    # --- the outbox ---------------------------------------------------------------------
+
+    async def claim_events(self, limit: int, lease_seconds: float) -> list[OutboxEvent]:
+        """Up to `limit` due events, each claimed for `lease_seconds` (no other relay, on
+        any instance, takes them meanwhile), and its attempt counted."""
+        return await self.database.run(self._sql.claim_events, limit, lease_seconds)
+
+    async def event_delivered(self, event_id: str) -> None:
+        await self.database.run_single(self._sql.event_delivered, event_id)
+
+    async def event_not_delivered(
+        self, event_id: str, error: str, retry_at: datetime | None
+    ) -> None:
+        """Try again at `retry_at`, or (None) give up: the event is failed until retried."""
+        await self.database.run_single(self._sql.event_not_delivered, event_id, error, retry_at)
 
     async def layout(self, upload_id: str) -> Layout:
         """Where the store keeps this upload's bytes (S3: key, multipart id, fragments)."""
@@ -394,10 +463,13 @@ class _Statements:
         partial_ids: Sequence[str] = (),
         now: datetime | None = None,
         layout: Layout = EMPTY_LAYOUT,
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         now = now or datetime.now(UTC)
         with conn.begin():
             conn.execute(INSERT_UPLOAD, insert_values(upload, metadata, now, layout))
+            if events:
+                conn.execute(events_outbox.insert(), [outbox_row(e, now) for e in events])
             if partial_ids:
                 conn.execute(
                     upload_concat.insert(),
@@ -431,6 +503,7 @@ class _Statements:
         now: datetime | None = None,
         layout: Layout | None = None,
         new_parts: Sequence[Part] = (),
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> Upload | None:
         """Move `old` to its next state; None when the stored record is no longer `old`.
 
@@ -464,9 +537,72 @@ class _Statements:
                     )
                 if layout is not None:
                     _replace_fragments(conn, old.id, layout.fragments)
+                if events:
+                    conn.execute(events_outbox.insert(), [outbox_row(e, now) for e in events])
         except _LostRace:
             return None
         return new
+
+    def claim_events(
+        self, conn: sa.Connection, limit: int, lease_seconds: float
+    ) -> list[OutboxEvent]:
+        now = datetime.now(UTC)
+        due = (
+            sa.select(events_outbox.c.id)
+            .where(
+                events_outbox.c.next_attempt_at <= now,
+                sa.or_(
+                    events_outbox.c.claimed_until.is_(None),
+                    events_outbox.c.claimed_until < now,
+                ),
+            )
+            .order_by(events_outbox.c.next_attempt_at)
+            .limit(limit)
+            # PostgreSQL: relays of other instances skip what this one is claiming (SQLite
+            # has one writer: the statement alone is enough there)
+            .with_for_update(skip_locked=True)
+        )
+        claim = (
+            events_outbox.update()
+            .where(events_outbox.c.id.in_(due.scalar_subquery()))
+            .values(
+                claimed_until=now + timedelta(seconds=lease_seconds),
+                attempts=events_outbox.c.attempts + 1,
+            )
+            .returning(
+                events_outbox.c.id,
+                events_outbox.c.type,
+                events_outbox.c.upload_id,
+                events_outbox.c.payload,
+                events_outbox.c.attempts,
+            )
+        )
+        with conn.begin():
+            rows = conn.execute(claim).all()
+        return [OutboxEvent(*row) for row in rows]
+
+    def event_delivered(self, conn: sa.Connection, event_id: str) -> None:
+        with conn.begin():
+            conn.execute(
+                events_outbox.update()
+                .where(events_outbox.c.id == event_id)
+                .values(delivered_at=datetime.now(UTC), next_attempt_at=None, claimed_until=None)
+            )
+
+    def event_not_delivered(
+        self, conn: sa.Connection, event_id: str, error: str, retry_at: datetime | None
+    ) -> None:
+        values: dict[str, Any] = {
+            "next_attempt_at": retry_at,
+            "claimed_until": None,
+            "last_error": error[:2000],
+        }
+        if retry_at is None:
+            values["failed_at"] = datetime.now(UTC)
+        with conn.begin():
+            conn.execute(
+                events_outbox.update().where(events_outbox.c.id == event_id).values(values)
+            )
 
     def layout(self, conn: sa.Connection, upload_id: str) -> Layout:
         """Where the store keeps this upload's bytes (S3: key, multipart id, fragments)."""

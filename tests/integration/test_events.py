@@ -1,0 +1,152 @@
+"""Notifying hooks (post-create, post-finish, post-terminate): written to the outbox in the
+change's transaction and delivered at least once, after a kill -9 too, and once per event
+across three instances (tusd_py.events.relay)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import PostgresDatabases, ServerProcess, missing_service
+from tests.integration._hookd import Hookd
+from tests.integration._wire import TUS, create, metadata, patch, state_rows, upload_id
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def hookd() -> Iterator[Hookd]:
+    receiver = Hookd()
+    yield receiver
+    receiver.close()
+
+
+def until(condition: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time given"
+        time.sleep(0.05)
+
+
+def webhook_args(hookd: Hookd) -> list[str]:
+    return ["--hooks-url", hookd.url, "--hooks-timeout", "2", "--hooks-retries", "0"]
+
+
+def test_each_change_is_told_once_with_the_upload_as_it_became(
+    server_factory: Any, hookd: Hookd
+) -> None:
+    server = server_factory(webhook_args(hookd))
+    with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+        url = create(http, 6, meta=metadata(filename="a.csv"), headers={"X-Trace": "t7"})
+        assert patch(http, url, 0, b"abc").status_code == 204
+        assert hookd.events("post-finish") == []  # not finished yet
+        assert patch(http, url, 3, b"def").status_code == 204
+        other = create(http, 10)
+        assert http.delete(other).status_code == 204
+        until(lambda: len(hookd.events("post-terminate")) == 1)
+    (created_a, created_b) = hookd.events("post-create")
+    (finished,) = hookd.events("post-finish")
+    (terminated,) = hookd.events("post-terminate")
+    assert created_a["upload"]["id"] == finished["upload"]["id"] == upload_id(url)
+    assert created_a["upload"]["metadata"] == {"filename": "a.csv"}
+    assert created_a["request"]["method"] == "POST"
+    assert created_a["request"]["headers"]["x-trace"] == "t7"
+    assert finished["upload"]["offset"] == finished["upload"]["length"] == 6
+    assert finished["request"]["method"] == "PATCH"
+    assert terminated["upload"]["id"] == created_b["upload"]["id"] == upload_id(other)
+    ids = [event["id"] for name, _, event in hookd.calls if name.startswith("post-")]
+    assert len(ids) == len(set(ids)) == 4
+    blocking = [name for name, _, _ in hookd.calls if name.startswith("pre-")]
+    assert blocking == ["pre-create", "pre-create", "pre-terminate"]
+    # every event is marked delivered in the outbox
+    rows = state_rows(server, "SELECT attempts, delivered_at FROM events_outbox")
+    assert len(rows) == 4 and all(attempts == 1 and done for attempts, done in rows)
+
+
+def test_a_python_post_hook_that_raises_is_tried_again(server_factory: Any, tmp_path: Path) -> None:
+    log = tmp_path / "hooks.jsonl"
+    server = server_factory(
+        ["--hooks-module", "tests.integration.hooks_sample", "--hooks-enabled", "post-finish"],
+        env={"TUSD_TEST_HOOKS_LOG": str(log)},
+    )
+    with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+        url = create(http, 3, meta=metadata(filename="flaky"))
+        assert patch(http, url, 0, b"abc").status_code == 204
+
+    def calls() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    until(lambda: len(calls()) == 2)  # the first raised; the relay tried again after ~1 s
+    first, second = calls()
+    assert first["id"] == second["id"] and first["type"] == "post-finish"
+    until(lambda: state_rows(server, "SELECT delivered_at FROM events_outbox")[0][0] is not None)
+    ((attempts, error),) = state_rows(server, "SELECT attempts, last_error FROM events_outbox")
+    assert attempts == 2 and "not this time" in str(error)
+
+
+def test_an_event_committed_before_a_kill_9_is_delivered_after_the_restart(
+    server_factory: Any, hookd: Hookd
+) -> None:
+    hookd.down = True  # every delivery fails for now: the event stays in the outbox
+    server = server_factory([*webhook_args(hookd), "--hooks-enabled", "post-finish"])
+    with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+        url = create(http, 3)
+        assert patch(http, url, 0, b"abc").status_code == 204
+        until(lambda: len(hookd.calls) >= 1)  # tried, and refused
+        server.kill()
+        hookd.down = False
+        server.launch()
+        until(lambda: len(hookd.events("post-finish")) >= 1)
+    (event,) = [e for e in hookd.events("post-finish")][-1:]
+    assert event["upload"]["id"] == upload_id(url)
+    ((delivered,),) = state_rows(server, "SELECT delivered_at FROM events_outbox")
+    assert delivered is not None
+
+
+@pytest.fixture
+def three_instances(
+    tmp_path: Path, postgres_databases: PostgresDatabases, hookd: Hookd
+) -> Iterator[list[ServerProcess]]:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        missing_service(f"Redis not reachable at {REDIS_URL}")
+    database = postgres_databases.create()
+    servers = []
+    for index in range(3):
+        server = ServerProcess(
+            tmp_path / f"i{index}",
+            database,
+            [*webhook_args(hookd), "--redis-url", REDIS_URL],
+        )
+        server.data_dir.mkdir(parents=True)
+        servers.append(server.start())
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_three_instances_deliver_each_event_once(
+    three_instances: list[ServerProcess], hookd: Hookd
+) -> None:
+    urls = []
+    for number in range(30):
+        server = three_instances[number % 3]
+        with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+            url = create(http, 4)
+            assert patch(http, url, 0, b"data").status_code == 204
+            urls.append(url)
+    until(lambda: len(hookd.events("post-finish")) >= 30, timeout=30)
+    time.sleep(2)  # every relay polls at least once more: a second delivery would show
+    ids = [event["id"] for name, _, event in hookd.calls if name.startswith("post-")]
+    assert len(ids) == len(set(ids)) == 60  # 30 post-create, 30 post-finish, each once
+    finished = {event["upload"]["id"] for event in hookd.events("post-finish")}
+    assert finished == {upload_id(url) for url in urls}

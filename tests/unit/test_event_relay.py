@@ -1,0 +1,90 @@
+"""The outbox relay against a real SQLite database: backoff, and an event marked failed after
+its attempts (tusd_py.events.relay)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit._async import run
+from tusd_protocol.state import Upload, UploadStatus
+from tusd_py.core.hooks import SYSTEM_CALLER, HookFailed, HookPoint, HookUpload, make_event
+from tusd_py.events import relay as relay_module
+from tusd_py.events.relay import EventRelay
+from tusd_py.state.database import Database
+from tusd_py.state.migrations import upgrade_if_needed
+from tusd_py.state.sql import Repository
+
+
+class Unreachable:
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def enabled(self, point: HookPoint) -> bool:
+        return True
+
+    async def deliver(self, point: HookPoint, event: Mapping[str, Any]) -> None:
+        self.tries += 1
+        raise HookFailed("The post-create hook (test) could not be reached.")
+
+
+def outbox(path: Path) -> tuple[Any, ...]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT attempts, next_attempt_at, failed_at, last_error, delivered_at "
+            "FROM events_outbox"
+        ).fetchone()
+
+
+def make_due(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE events_outbox SET next_attempt_at = '2000-01-01 00:00:00.000000' "
+            "WHERE next_attempt_at IS NOT NULL"
+        )
+
+
+def test_an_event_is_tried_again_later_and_marked_failed_after_its_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "MAX_ATTEMPTS", 3)
+    path = tmp_path / "state.db"
+    url = f"sqlite:///{path}"
+    upgrade_if_needed(url)
+    upload = Upload("u" * 22, UploadStatus.RECEIVING, 0, 10)
+    event = make_event(HookPoint.POST_CREATE, HookUpload(id=upload.id, length=10), SYSTEM_CALLER)
+    hooks = Unreachable()
+
+    async def main() -> list[tuple[Any, ...]]:
+        database = Database(url)
+        repository = Repository(database)
+        relay = EventRelay(repository, hooks, lease_seconds=30)  # type: ignore[arg-type]
+        seen = []
+        try:
+            await repository.insert(upload, {}, events=[event])
+            for _ in range(3):
+                assert await relay.run_once() == 1
+                seen.append(outbox(path))
+                assert await relay.run_once() == 0  # not due again yet
+                make_due(path)
+            assert await relay.run_once() == 0  # failed: never tried again by itself
+        finally:
+            await database.close()
+        return seen
+
+    started = datetime.now(UTC).replace(tzinfo=None)
+    seen = run(main)
+    assert hooks.tries == 3
+    waits = [
+        (datetime.fromisoformat(str(row[1])).replace(tzinfo=None) - started).total_seconds()
+        for row in seen[:2]
+    ]
+    assert 0.5 < waits[0] < 3 and 1.5 < waits[1] < 4  # 1 s, then 2 s
+    attempts, next_at, failed_at, error, delivered = seen[2]
+    assert attempts == 3 and next_at is None and failed_at is not None and delivered is None
+    assert "could not be reached" in error

@@ -1,0 +1,105 @@
+"""EventRelay: delivers the outbox's events (post-create, post-finish, post-terminate) at
+least once.
+
+An event is written in the transaction that makes its change, so a change that committed
+has its event, and a change that did not has none. Each server process runs a relay. It
+claims due events in small batches (a lease of `lease_seconds` on each: the relays of other
+instances skip claimed rows, PostgreSQL's SKIP LOCKED makes claiming itself race-free),
+delivers them, and marks each delivered, or due again after a backoff (1 s, doubling, at
+most 5 min). After MAX_ATTEMPTS it is marked failed and waits for `tusd-py events retry`.
+
+A process killed after the commit and before the delivery leaves the event pending (or
+claimed until its lease ends): the next relay, on any instance, delivers it. The price is
+that an event can arrive twice (a relay killed after the delivery and before marking it,
+a consumer that took it but answered late); consumers drop duplicates by the event's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+from ..core.hooks import HookFailed, HookPoint, Hooks
+from ..core.ports import Repository
+
+log = logging.getLogger("tusd_py.events")
+
+#: deliveries tried before an event is marked failed
+MAX_ATTEMPTS = 20
+#: the first pause before an event is tried again; doubled each time, up to MAX_BACKOFF
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 300.0
+#: events claimed at a time
+BATCH = 20
+
+
+def backoff(attempts: int) -> float:
+    return float(min(FIRST_BACKOFF * 2 ** (attempts - 1), MAX_BACKOFF))
+
+
+class EventRelay:
+    def __init__(
+        self,
+        repository: Repository,
+        hooks: Hooks,
+        lease_seconds: float,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.repository = repository
+        self.hooks = hooks
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def nudge(self) -> None:
+        """Events were written: look now, not at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run_forever(self) -> None:
+        while True:
+            try:
+                claimed = await self.run_once()
+            except Exception:  # the database went away, say: try again at the next poll
+                log.exception("the event relay could not claim events")
+                claimed = 0
+            if claimed:
+                continue  # there may be more
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
+
+    async def run_once(self) -> int:
+        """Claim and deliver one batch of due events: how many were claimed."""
+        events = await self.repository.claim_events(BATCH, self.lease_seconds)
+        await asyncio.gather(*(self._deliver(e.id, e.type, e.payload, e.attempts) for e in events))
+        return len(events)
+
+    async def _deliver(self, event_id: str, kind: str, payload: str, attempts: int) -> None:
+        try:
+            await self.hooks.deliver(HookPoint(kind), json.loads(payload))
+        except HookFailed as exc:
+            give_up = attempts >= MAX_ATTEMPTS
+            retry_at = None if give_up else datetime.now(UTC) + timedelta(seconds=backoff(attempts))
+            log.warning(
+                "event %s (%s) not delivered, attempt %d%s: %s",
+                event_id, kind, attempts, "; marked failed" if give_up else "", exc.message,
+            )  # fmt: skip
+            await self.repository.event_not_delivered(event_id, exc.message, retry_at)
+        else:
+            await self.repository.event_delivered(event_id)
