@@ -38,7 +38,8 @@ T = TypeVar("T")
 SERVE = "serve"
 MIGRATE = "migrate"
 GC = "gc"
-COMMANDS = (SERVE, MIGRATE, GC)
+EVENTS = "events"
+COMMANDS = (SERVE, MIGRATE, GC, EVENTS)
 #: the commands that reach the upload store (migrate reaches only the database)
 STORE = (SERVE, GC)
 

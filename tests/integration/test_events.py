@@ -5,6 +5,8 @@ across three instances (tusd_py.events.relay)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +152,43 @@ def test_three_instances_deliver_each_event_once(
     assert len(ids) == len(set(ids)) == 60  # 30 post-create, 30 post-finish, each once
     finished = {event["upload"]["id"] for event in hookd.events("post-finish")}
     assert finished == {upload_id(url) for url in urls}
+
+
+def events_cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tusd_py", "events", *args, "--data-dir", str(server.data_dir)]
+    if server.database_url:
+        command += ["--database-url", server.database_url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_the_events_command_lists_retries_and_drops_what_waits(
+    server_factory: Any, hookd: Hookd
+) -> None:
+    hookd.down = True
+    server = server_factory([*webhook_args(hookd), "--hooks-enabled", "post-finish"])
+    with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+        urls = [create(http, 1) for _ in range(2)]
+        for url in urls:
+            assert patch(http, url, 0, b"x").status_code == 204
+    until(lambda: len(hookd.calls) >= 2)
+    by_upload = {
+        str(upload): str(event)
+        for event, upload in state_rows(server, "SELECT id, upload_id FROM events_outbox")
+    }
+    listed = events_cli(server)  # pending ones by default
+    assert listed.returncode == 0, listed.stderr
+    for url in urls:
+        assert upload_id(url) in listed.stdout
+    assert "pending" in listed.stdout and "answered 503" in listed.stdout
+
+    dropped = events_cli(server, "drop", by_upload[upload_id(urls[1])])
+    assert dropped.returncode == 0 and "1 event(s) dropped" in dropped.stdout
+    hookd.down = False
+    retried = events_cli(server, "retry", by_upload[upload_id(urls[0])])
+    assert retried.returncode == 0 and "1 event(s) made due again" in retried.stdout
+    until(lambda: len(hookd.events("post-finish")) == 1)
+    assert hookd.events("post-finish")[0]["upload"]["id"] == upload_id(urls[0])
+    assert events_cli(server).stdout.strip() == "no events"  # nothing pending
+    delivered = events_cli(server, "list", "--status", "delivered")
+    assert upload_id(urls[0]) in delivered.stdout and upload_id(urls[1]) not in delivered.stdout
+    assert events_cli(server, "retry").returncode == 2  # neither ids nor --all-failed

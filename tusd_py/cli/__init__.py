@@ -16,11 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
-from ..config import GC, MIGRATE, SERVE, Option, Settings, environment_values, options_for
-from . import bench, gc, migrate, serve
+from ..config import EVENTS, GC, MIGRATE, SERVE, Option, Settings, environment_values, options_for
+from . import bench, events, gc, migrate, serve
 
 #: each command's module has HELP, DESCRIPTION and run(settings) -> exit status
-COMMANDS: dict[str, ModuleType] = {SERVE: serve, MIGRATE: migrate, GC: gc}
+COMMANDS: dict[str, ModuleType] = {SERVE: serve, MIGRATE: migrate, GC: gc, EVENTS: events}
 
 ENVIRONMENT_NOTE = (
     " Every option can also be set with the environment variable named after it "
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         for declared in options_for(name):
             _add_option(command, declared)
+        if hasattr(module, "add_arguments"):  # the command's own, beside the options
+            module.add_arguments(command)
     # listed in --help; main() hands its arguments to bench.main before Settings are built
     bench.add_arguments(
         commands.add_parser(bench.NAME, help=bench.HELP, description=bench.DESCRIPTION)
@@ -92,12 +94,21 @@ def parse(
 
     A bad command line exits (status 2) through argparse; a bad environment variable or a
     combination the settings refuse raises ValueError with a sentence."""
+    command, settings, _ = parse_command(argv, environ)
+    return command, settings
+
+
+def parse_command(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, Settings, dict[str, Any]]:
+    """parse(), and the command's own arguments (ARGUMENTS of its module) apart."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    own = {name: args.pop(name) for name in getattr(COMMANDS[command], "ARGUMENTS", ())}
     from_environment = environment_values(
         command, os.environ if environ is None else environ, given=args
     )
-    return command, Settings(**{**from_environment, **args})
+    return command, Settings(**{**from_environment, **args}), own
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == [bench.NAME]:
         return bench.main(arguments[1:])
     try:
-        command, settings = parse(argv)
+        command, settings, own = parse_command(argv)
     except ValueError as exc:
         print(f"tusd-py: {exc}", file=sys.stderr)
         return 2
@@ -115,5 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Alembic's plugin chatter at INFO says nothing an operator needs
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    status: int = COMMANDS[command].run(settings)
+    module = COMMANDS[command]
+    status: int = (
+        module.run(settings, own) if hasattr(module, "ARGUMENTS") else module.run(settings)
+    )
     return status

@@ -120,6 +120,15 @@ events_outbox = sa.Table(
 )
 
 
+#: what each status of `tusd-py events list` means in the outbox
+_EVENT_STATUS: dict[str, sa.ColumnElement[bool]] = {
+    "pending": events_outbox.c.next_attempt_at.is_not(None),
+    "failed": events_outbox.c.failed_at.is_not(None),
+    "delivered": events_outbox.c.delivered_at.is_not(None),
+}
+EVENT_STATUSES = (*_EVENT_STATUS, "all")
+
+
 @dataclass(frozen=True)
 class OutboxEvent:
     """An event claimed for delivery."""
@@ -405,6 +414,18 @@ class Repository:
         """Try again at `retry_at`, or (None) give up: the event is failed until retried."""
         await self.database.run_single(self._sql.event_not_delivered, event_id, error, retry_at)
 
+    async def list_events(self, status: str, limit: int) -> list[dict[str, Any]]:
+        """Outbox rows, newest first: status pending, failed, delivered or all."""
+        return await self.database.run_single(self._sql.list_events, status, limit)
+
+    async def retry_events(self, event_ids: Sequence[str], all_failed: bool) -> int:
+        """Make these events (or every failed one) due now, with their attempts anew."""
+        return await self.database.run(self._sql.retry_events, event_ids, all_failed)
+
+    async def drop_events(self, event_ids: Sequence[str], all_failed: bool) -> int:
+        """Delete these events (or every failed one): they will never be delivered."""
+        return await self.database.run(self._sql.drop_events, event_ids, all_failed)
+
     async def layout(self, upload_id: str) -> Layout:
         """Where the store keeps this upload's bytes (S3: key, multipart id, fragments)."""
         return await self.database.run(self._sql.layout, upload_id)
@@ -580,6 +601,44 @@ class _Statements:
         with conn.begin():
             rows = conn.execute(claim).all()
         return [OutboxEvent(*row) for row in rows]
+
+    def list_events(self, conn: sa.Connection, status: str, limit: int) -> list[dict[str, Any]]:
+        query = sa.select(
+            events_outbox.c.id,
+            events_outbox.c.type,
+            events_outbox.c.upload_id,
+            events_outbox.c.created_at,
+            events_outbox.c.attempts,
+            events_outbox.c.next_attempt_at,
+            events_outbox.c.delivered_at,
+            events_outbox.c.failed_at,
+            events_outbox.c.last_error,
+        )
+        if status != "all":
+            query = query.where(_EVENT_STATUS[status])
+        rows = conn.execute(query.order_by(events_outbox.c.created_at.desc()).limit(limit))
+        return [dict(row._mapping) for row in rows]
+
+    def retry_events(self, conn: sa.Connection, event_ids: Sequence[str], all_failed: bool) -> int:
+        chosen = _EVENT_STATUS["failed"] if all_failed else events_outbox.c.id.in_(event_ids)
+        with conn.begin():
+            result = conn.execute(
+                events_outbox.update()
+                .where(chosen, events_outbox.c.delivered_at.is_(None))
+                .values(
+                    next_attempt_at=datetime.now(UTC),
+                    failed_at=None,
+                    claimed_until=None,
+                    attempts=0,
+                )
+            )
+        return int(result.rowcount)
+
+    def drop_events(self, conn: sa.Connection, event_ids: Sequence[str], all_failed: bool) -> int:
+        chosen = _EVENT_STATUS["failed"] if all_failed else events_outbox.c.id.in_(event_ids)
+        with conn.begin():
+            result = conn.execute(events_outbox.delete().where(chosen))
+        return int(result.rowcount)
 
     def event_delivered(self, conn: sa.Connection, event_id: str) -> None:
         with conn.begin():
