@@ -634,6 +634,18 @@ class Settings:
         doc="Every hook also finds all of the request's headers in the event's `request.headers`.",
     )
 
+    events_redis_stream: str | None = option(
+        None,
+        parse=optional(text),
+        metavar="NAME",
+        commands=[SERVE],
+        help="Append each notifying event (`post-create`, `post-finish`, `post-terminate`) "
+        "to this Redis stream (XADD) on `--redis-url`, for workers that read it with "
+        "consumer groups.",
+        doc="Entries have the fields `id`, `type` and `event` (JSON); the stream is trimmed "
+        "to about a million entries. See [hooks.md](hooks.md#a-redis-stream).",
+    )
+
     # several processes and hosts
     redis_url: str | None = option(
         None,
@@ -863,6 +875,10 @@ class Settings:
             raise ValueError(
                 "--cors-allow-credentials needs an explicit --cors-origins list: with '*' any "
                 "web page a signed-in user visits could send requests in that user's name"
+            )
+        if self.events_redis_stream is not None and self.redis_url is None:
+            raise ValueError(
+                "--events-redis-stream needs --redis-url: the stream lives on that Redis"
             )
         if self.max_buffer_memory < self.s3_part_size:
             raise ValueError(

@@ -250,14 +250,19 @@ def build_service(
     if meter is not NULL_METER:
         store = MeteredStore(store, meter)
         locks = MeteredLocks(locks, meter)
+    hooks = build_hooks(settings, redis)
     return UploadService(
-        store, Repository(database), limits, cache, locks, meter=meter, hooks=build_hooks(settings)
+        store, Repository(database), limits, cache, locks, meter=meter, hooks=hooks
     )
 
 
-def build_hooks(settings: Settings) -> Hooks:
+def build_hooks(settings: Settings, redis: Redis | None = None) -> Hooks:
     """The hooks the settings name (docs/hooks.md), or none."""
-    if settings.hooks_module is None and settings.hooks_url is None:
+    if (
+        settings.hooks_module is None
+        and settings.hooks_url is None
+        and settings.events_redis_stream is None
+    ):
         return NO_HOOKS
     from .events.dispatch import Delivery, HookDispatcher
     from .events.python_hooks import PythonHooks
@@ -278,6 +283,12 @@ def build_hooks(settings: Settings) -> Hooks:
                 points=enabled or frozenset(HookPoint) - {HookPoint.PRE_ACCESS},
             )
         )
+    if settings.events_redis_stream is not None:
+        from .events.redis_stream import RedisStream
+
+        if redis is None:
+            raise ValueError("--events-redis-stream needs --redis-url")
+        deliveries.append(RedisStream(redis, settings.events_redis_stream, settings.hooks_timeout))
     return HookDispatcher(deliveries, enabled)
 
 

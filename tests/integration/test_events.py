@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,41 @@ def test_the_events_command_lists_retries_and_drops_what_waits(
     delivered = events_cli(server, "list", "--status", "delivered")
     assert upload_id(urls[0]) in delivered.stdout and upload_id(urls[1]) not in delivered.stdout
     assert events_cli(server, "retry").returncode == 2  # neither ids nor --all-failed
+
+
+def test_events_reach_a_redis_stream_that_workers_read_with_a_consumer_group(
+    server_factory: Any,
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        missing_service(f"Redis not reachable at {REDIS_URL}")
+    stream = f"tusd-test-events-{uuid.uuid4().hex[:8]}"
+    client.xgroup_create(stream, "workers", id="0", mkstream=True)
+    try:
+        server = server_factory(["--redis-url", REDIS_URL, "--events-redis-stream", stream])
+        with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+            url = create(http, 3, meta=metadata(filename="a.csv"))
+            assert patch(http, url, 0, b"abc").status_code == 204
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+
+        def read() -> bool:
+            got = client.xreadgroup("workers", "w1", {stream: ">"}, count=10, block=100)
+            for _, items in got or []:  # type: ignore[union-attr]
+                entries.extend(items)
+            return len(entries) >= 2
+
+        until(read)
+        kinds = [fields[b"type"].decode() for _, fields in entries]
+        assert kinds == ["post-create", "post-finish"]
+        finished = json.loads(entries[1][1][b"event"])
+        assert finished["id"] == entries[1][1][b"id"].decode()
+        assert finished["upload"]["id"] == upload_id(url)
+        assert finished["upload"]["metadata"] == {"filename": "a.csv"}
+        assert client.xack(stream, "workers", *[entry_id for entry_id, _ in entries]) == 2
+    finally:
+        client.delete(stream)
+        client.close()

@@ -58,6 +58,7 @@ SAMPLES: dict[str, tuple[str, Any, list[str]]] = {
     "db_pool_timeout": ("2.5", 2.5, []),
     "redis_url": ("redis://cache:6379/0", "redis://cache:6379/0", []),
     "hooks_module": ("app.hooks", "app.hooks", []),
+    "events_redis_stream": ("uploads", "uploads", ["--redis-url", "redis://cache:6379/0"]),
     "hooks_url": ("https://app.test/hooks", "https://app.test/hooks", []),
     "hooks_enabled": ("pre-access, PRE-CREATE", ("pre-access", "pre-create"), []),
     "hooks_timeout": ("2.5", 2.5, []),
