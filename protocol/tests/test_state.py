@@ -26,6 +26,7 @@ LEGAL = {
     (S.RECEIVING, S.FINISHED),
     (S.RECEIVING, S.TERMINATED),
     (S.RECEIVING, S.EXPIRED),
+    (S.RECEIVING, S.FAILED),  # a pre-finish hook refused the complete upload
     (S.CONCATENATING, S.FINISHED),
     (S.CONCATENATING, S.TERMINATED),
     (S.CONCATENATING, S.EXPIRED),
@@ -53,8 +54,8 @@ def test_terminal_states_have_no_exits(status: UploadStatus) -> None:
         assert not can_transition(status, new)
 
 
-def test_gone_statuses_are_terminated_and_expired() -> None:
-    assert frozenset({S.TERMINATED, S.EXPIRED}) == GONE_STATUSES
+def test_gone_statuses_are_terminated_expired_and_failed() -> None:
+    assert frozenset({S.TERMINATED, S.EXPIRED, S.FAILED}) == GONE_STATUSES
 
 
 def test_new_uploads_never_start_gone() -> None:
@@ -117,6 +118,7 @@ def test_statuses_are_stable_strings() -> None:
         "finished",
         "terminated",
         "expired",
+        "failed",
     ]
     assert [k.value for k in ConcatKind] == ["none", "partial", "final"]
 

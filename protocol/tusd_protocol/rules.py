@@ -73,6 +73,8 @@ def require(limits: Limits, feature: Feature, what: str) -> None:
 
 def check_available(upload: Upload, now: datetime) -> None:
     """PROTOCOL 4/14/17: a terminated or expired upload answers 410."""
+    if upload.status is UploadStatus.FAILED:
+        raise UploadGone("The upload was refused when it was complete; its bytes are gone.")
     if upload.status in GONE_STATUSES or is_expired(upload, now):
         raise UploadGone()
 

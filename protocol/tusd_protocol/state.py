@@ -25,6 +25,9 @@ class UploadStatus(enum.StrEnum):
     TERMINATED = "terminated"
     #: removed by the expiry sweeper; remembered so that later requests answer 410
     EXPIRED = "expired"
+    #: complete, but refused by the application (a pre-finish hook): its bytes are removed,
+    #: and later requests answer 410
+    FAILED = "failed"
 
 
 class ConcatKind(enum.StrEnum):
@@ -40,6 +43,7 @@ TRANSITIONS: dict[UploadStatus, frozenset[UploadStatus]] = {
             UploadStatus.FINISHED,
             UploadStatus.TERMINATED,
             UploadStatus.EXPIRED,
+            UploadStatus.FAILED,
         }
     ),
     UploadStatus.CONCATENATING: frozenset(
@@ -48,6 +52,7 @@ TRANSITIONS: dict[UploadStatus, frozenset[UploadStatus]] = {
     UploadStatus.FINISHED: frozenset({UploadStatus.TERMINATED}),
     UploadStatus.TERMINATED: frozenset(),
     UploadStatus.EXPIRED: frozenset(),
+    UploadStatus.FAILED: frozenset(),
 }
 
 #: statuses a new upload may start in
@@ -56,7 +61,7 @@ INITIAL_STATUSES = frozenset(
 )
 
 #: statuses whose bytes are gone; requests for them answer 410
-GONE_STATUSES = frozenset({UploadStatus.TERMINATED, UploadStatus.EXPIRED})
+GONE_STATUSES = frozenset({UploadStatus.TERMINATED, UploadStatus.EXPIRED, UploadStatus.FAILED})
 
 
 def can_transition(old: UploadStatus, new: UploadStatus) -> bool:

@@ -74,3 +74,12 @@ def _seen_before(event: dict[str, Any]) -> bool:
         return False
     with open(path) as log:
         return sum(1 for line in log if event["id"] in line) > 1
+
+
+def pre_finish(event: dict[str, Any]) -> None:
+    _log(event)
+    name = event["upload"]["metadata"].get("filename") or ""
+    if name.endswith(".bad"):
+        raise Reject(422, "The file did not pass the check.", code="ERR_CHECK")
+    if name == "finish-crash":
+        raise RuntimeError("the check broke")

@@ -66,7 +66,7 @@ def test_each_change_is_told_once_with_the_upload_as_it_became(
     ids = [event["id"] for name, _, event in hookd.calls if name.startswith("post-")]
     assert len(ids) == len(set(ids)) == 4
     blocking = [name for name, _, _ in hookd.calls if name.startswith("pre-")]
-    assert blocking == ["pre-create", "pre-create", "pre-terminate"]
+    assert blocking == ["pre-create", "pre-finish", "pre-create", "pre-terminate"]
     # every event is marked delivered in the outbox
     rows = state_rows(server, "SELECT attempts, delivered_at FROM events_outbox")
     assert len(rows) == 4 and all(attempts == 1 and done for attempts, done in rows)
@@ -184,9 +184,9 @@ def test_the_events_command_lists_retries_and_drops_what_waits(
 
     dropped = events_cli(server, "drop", by_upload[upload_id(urls[1])])
     assert dropped.returncode == 0 and "1 event(s) dropped" in dropped.stdout
-    hookd.down = False
-    retried = events_cli(server, "retry", by_upload[upload_id(urls[0])])
+    retried = events_cli(server, "retry", by_upload[upload_id(urls[0])])  # still pending
     assert retried.returncode == 0 and "1 event(s) made due again" in retried.stdout
+    hookd.down = False
     until(lambda: len(hookd.events("post-finish")) == 1)
     assert hookd.events("post-finish")[0]["upload"]["id"] == upload_id(urls[0])
     assert events_cli(server).stdout.strip() == "no events"  # nothing pending

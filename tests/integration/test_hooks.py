@@ -22,6 +22,7 @@ from tests.integration._wire import (
     metadata,
     patch,
     post,
+    state_rows,
     stored_uploads,
     upload_id,
 )
@@ -220,3 +221,45 @@ def test_a_webhook_decides_with_retries_forwarded_headers_and_a_deadline(
         assert http.delete(url, headers={"Authorization": "Bearer carol"}).status_code == 204
         assert hookd.calls[-1][0] == "pre-terminate"
         assert hookd.calls[-1][2]["upload"]["id"] == upload_id(url)
+
+
+# --- pre-finish ----------------------------------------------------------------------------
+
+
+@pytest.mark.s3_too
+def test_pre_finish_refuses_a_complete_upload_which_then_ends_failed_without_its_bytes(
+    hooked: tuple[ServerProcess, Path], http: httpx.Client
+) -> None:
+    server, log = hooked
+    url = create(http, 6, meta=metadata(filename="data.bad"))
+    assert patch(http, url, 0, b"abc").status_code == 204  # not complete: not asked
+    assert [e["type"] for e in events(log)].count("pre-finish") == 0
+    response = patch(http, url, 3, b"def")
+    assert_error(response, 422, "ERR_CHECK")
+    assert "The file did not pass the check." in response.text
+    (asked,) = [e for e in events(log) if e["type"] == "pre-finish"]
+    assert asked["upload"]["offset"] == asked["upload"]["length"] == 6
+    assert http.head(url).status_code == 410
+    assert_error(patch(http, url, 6, b""), 410, "ERR_UPLOAD_GONE")
+    assert_error(http.get(url), 410, "ERR_UPLOAD_GONE")
+    assert stored_uploads(server) == set()  # its bytes are removed
+    assert state_rows(server, "SELECT status FROM uploads WHERE id = ?", upload_id(url)) == [
+        ("failed",)
+    ]
+
+
+def test_a_pre_finish_hook_that_fails_acknowledges_nothing_of_the_last_chunk(
+    http: httpx.Client,
+) -> None:
+    url = create(http, 6, meta=metadata(filename="finish-crash"))
+    assert patch(http, url, 0, b"abc").status_code == 204
+    assert_error(patch(http, url, 3, b"def"), 500, "ERR_HOOK_FAILED")
+    assert http.head(url).headers["upload-offset"] == "3"
+
+
+def test_an_upload_complete_at_birth_that_pre_finish_refuses_is_never_created(
+    hooked: tuple[ServerProcess, Path], http: httpx.Client
+) -> None:
+    assert_error(post(http, 0, meta=metadata(filename="empty.bad")), 422, "ERR_CHECK")
+    assert stored_uploads(hooked[0]) == set()
+    assert create(http, 0, meta=metadata(filename="empty.txt"))  # the check passes

@@ -27,6 +27,10 @@ class HookPoint(enum.StrEnum):
     PRE_CREATE = "pre-create"
     #: before an upload is terminated; may reject
     PRE_TERMINATE = "pre-terminate"
+    #: when the last byte of an upload arrived, before it is recorded as finished; may
+    #: reject: the upload then ends failed (its bytes removed) and the client gets the
+    #: hook's status and message
+    PRE_FINISH = "pre-finish"
     #: an upload was created (notifying: delivered at least once, after the commit)
     POST_CREATE = "post-create"
     #: every byte of an upload is stored (notifying)

@@ -39,6 +39,7 @@ from .hooks import (
     Caller,
     HookFailed,
     HookPoint,
+    HookRejected,
     Hooks,
     HookUpload,
     make_event,
@@ -233,6 +234,13 @@ class UploadService:
         upload_id = new_upload_id()
         if self.hooks.enabled(HookPoint.PRE_CREATE):
             plan, upload_id = await self._pre_create(plan, length, partial_ids, caller, upload_id)
+        if status is UploadStatus.FINISHED and self.hooks.enabled(HookPoint.PRE_FINISH):
+            # complete at birth (no bytes to come): refused, it is never created
+            empty = HookUpload(
+                id=upload_id, length=length, metadata=metadata_texts(plan.metadata),
+                owner=caller.subject,
+            )  # fmt: skip
+            await self.hooks.call(HookPoint.PRE_FINISH, empty, caller)
         upload = Upload(
             id=upload_id,
             status=status,
@@ -409,6 +417,12 @@ class UploadService:
                 offset=outcome.new_offset,
                 length=outcome.new_length if outcome.new_length is not None else upload.length,
             )
+            if self.hooks.enabled(HookPoint.PRE_FINISH):
+                try:
+                    await self.hooks.call(HookPoint.PRE_FINISH, hook_upload(finished), caller)
+                except HookRejected:
+                    await self._fail(upload, stored, holding)
+                    raise
             events = self._events(HookPoint.POST_FINISH, finished, caller)
         new = await self.repository.transition(
             upload,
@@ -437,6 +451,18 @@ class UploadService:
             if new.is_partial:
                 await self.complete_waiting_finals(new.id)
         return new
+
+    async def _fail(self, upload: Upload, stored: Stored | None, holding: Holding) -> None:
+        """A pre-finish hook refused the complete upload: it ends failed, and its bytes
+        (those of this request too: `stored`) are removed."""
+        layout = stored.layout if stored is not None else await self.layout_of(upload.id)
+        new = await self.repository.transition(upload, status=UploadStatus.FAILED)
+        if new is None:
+            await self.cache.forget(upload.id)
+            raise ServerFault("The upload changed while it was being refused.")
+        await self._settle(holding, new)
+        await self.store.delete(upload.id, layout)
+        await self.forget_layout(upload.id, layout)
 
     async def forget_layout(self, upload_id: str, layout: Layout) -> None:
         """The store's objects are gone: so are the records of its parts and fragments."""

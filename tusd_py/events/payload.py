@@ -15,6 +15,7 @@ ANSWER_FIELDS: dict[HookPoint, frozenset[str]] = {
     HookPoint.PRE_ACCESS: frozenset({"reject", "subject"}),
     HookPoint.PRE_CREATE: frozenset({"reject", "metadata", "id"}),
     HookPoint.PRE_TERMINATE: frozenset({"reject"}),
+    HookPoint.PRE_FINISH: frozenset({"reject"}),
 }
 
 
