@@ -103,6 +103,9 @@ def test_a_pre_create_hook_that_fails_answers_500_and_creates_nothing(
     assert_error(response, 500, "ERR_HOOK_FAILED")
     assert time.monotonic() - started < 10  # "slow" ends at --hooks-timeout (2 s)
     assert stored_uploads(hooked[0]) == set()
+    if name == "crash":  # why is the operator's to read, not the client's
+        assert "the hook broke" not in response.text
+        assert "raised RuntimeError: the hook broke" in hooked[0].log_path.read_text()
 
 
 # --- pre-access and owners ---------------------------------------------------------------

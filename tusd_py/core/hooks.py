@@ -180,3 +180,9 @@ class HookFailed(ServerFault):
     status = 500
     code = "ERR_HOOK_FAILED"
     default_message = "A hook the server depends on failed; the request changed nothing."
+
+    def __init__(self, detail: str) -> None:
+        # the client gets the plain sentence; what went wrong (a hook's name, its URL, an
+        # exception's text) is for the server's log and the outbox, not for any caller
+        super().__init__()
+        self.detail = detail

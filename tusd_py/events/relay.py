@@ -98,8 +98,8 @@ class EventRelay:
             retry_at = None if give_up else datetime.now(UTC) + timedelta(seconds=backoff(attempts))
             log.warning(
                 "event %s (%s) not delivered, attempt %d%s: %s",
-                event_id, kind, attempts, "; marked failed" if give_up else "", exc.message,
+                event_id, kind, attempts, "; marked failed" if give_up else "", exc.detail,
             )  # fmt: skip
-            await self.repository.event_not_delivered(event_id, exc.message, retry_at)
+            await self.repository.event_not_delivered(event_id, exc.detail, retry_at)
         else:
             await self.repository.event_delivered(event_id)

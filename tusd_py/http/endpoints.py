@@ -33,7 +33,7 @@ from tusd_storage import StorageError
 
 from ..admission.middleware import client_address
 from ..config import Settings
-from ..core.hooks import ANONYMOUS, Caller, HookPoint, HookUpload
+from ..core.hooks import ANONYMOUS, Caller, HookFailed, HookPoint, HookUpload
 from ..core.ports import BackendUnavailable
 from ..core.service import UploadService
 from ..wiring import Runtime
@@ -134,6 +134,8 @@ class TusHandlers:
                 await self._identify(request, method)
             return await handler(request, headers, method)
         except ProtocolError as exc:
+            if isinstance(exc, HookFailed):
+                log.warning("%s %s: %s", method, request.url.path, exc.detail)
             return error_response(exc, request, method)
         except (OperationalError, PoolTimeout) as exc:
             log.warning("database unavailable: %s", exc)
