@@ -46,7 +46,12 @@ def test_each_change_is_told_once_with_the_upload_as_it_became(
 ) -> None:
     server = server_factory(webhook_args(hookd))
     with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
-        url = create(http, 6, meta=metadata(filename="a.csv"), headers={"X-Trace": "t7"})
+        url = create(
+            http,
+            6,
+            meta=metadata(filename="a.csv"),
+            headers={"X-Trace": "t7", "Authorization": "Bearer secret", "Cookie": "s=1"},
+        )
         assert patch(http, url, 0, b"abc").status_code == 204
         assert hookd.events("post-finish") == []  # not finished yet
         assert patch(http, url, 3, b"def").status_code == 204
@@ -60,6 +65,12 @@ def test_each_change_is_told_once_with_the_upload_as_it_became(
     assert created_a["upload"]["metadata"] == {"filename": "a.csv"}
     assert created_a["request"]["method"] == "POST"
     assert created_a["request"]["headers"]["x-trace"] == "t7"
+    # credentials stay out of what is stored and sent on
+    assert "authorization" not in created_a["request"]["headers"]
+    assert "cookie" not in created_a["request"]["headers"]
+    assert not any(
+        "secret" in str(row) for row in state_rows(server, "SELECT payload FROM events_outbox")
+    )
     assert finished["upload"]["offset"] == finished["upload"]["length"] == 6
     assert finished["request"]["method"] == "PATCH"
     assert terminated["upload"]["id"] == created_b["upload"]["id"] == upload_id(other)

@@ -94,9 +94,17 @@ class HookAnswer:
 ACCEPTED = HookAnswer()
 
 
+#: request headers that carry credentials: a notifying event, which is stored in the outbox
+#: and may go to other machines, leaves them out (the caller's subject says who it was)
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
 def make_event(point: HookPoint, upload: HookUpload, caller: Caller) -> dict[str, Any]:
     """The event a hook gets, as JSON-ready data (docs/hooks.md); its id lets a consumer
     drop a duplicate."""
+    headers = dict(caller.headers)
+    if point in NOTIFYING:
+        headers = {k: v for k, v in headers.items() if k not in CREDENTIAL_HEADERS}
     return {
         "id": uuid.uuid4().hex,
         "type": point.value,
@@ -114,7 +122,7 @@ def make_event(point: HookPoint, upload: HookUpload, caller: Caller) -> dict[str
             "method": caller.method,
             "uri": caller.uri,
             "remote_address": caller.remote_address,
-            "headers": dict(caller.headers),
+            "headers": headers,
             "subject": caller.subject,
         },
     }
