@@ -39,9 +39,10 @@ SERVE = "serve"
 MIGRATE = "migrate"
 GC = "gc"
 EVENTS = "events"
-COMMANDS = (SERVE, MIGRATE, GC, EVENTS)
+UPLOADS = "uploads"
+COMMANDS = (SERVE, MIGRATE, GC, EVENTS, UPLOADS)
 #: the commands that reach the upload store (migrate reaches only the database)
-STORE = (SERVE, GC)
+STORE = (SERVE, GC, UPLOADS)
 
 # --- parsers: text or a Python value in, the value out (or ValueError with a sentence) -----
 

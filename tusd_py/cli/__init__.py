@@ -16,11 +16,27 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
-from ..config import EVENTS, GC, MIGRATE, SERVE, Option, Settings, environment_values, options_for
-from . import bench, events, gc, migrate, serve
+from ..config import (
+    EVENTS,
+    GC,
+    MIGRATE,
+    SERVE,
+    UPLOADS,
+    Option,
+    Settings,
+    environment_values,
+    options_for,
+)
+from . import bench, events, gc, migrate, serve, uploads
 
 #: each command's module has HELP, DESCRIPTION and run(settings) -> exit status
-COMMANDS: dict[str, ModuleType] = {SERVE: serve, MIGRATE: migrate, GC: gc, EVENTS: events}
+COMMANDS: dict[str, ModuleType] = {
+    SERVE: serve,
+    MIGRATE: migrate,
+    GC: gc,
+    EVENTS: events,
+    UPLOADS: uploads,
+}
 
 ENVIRONMENT_NOTE = (
     " Every option can also be set with the environment variable named after it "

@@ -55,6 +55,9 @@ class Caller:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: who the caller is, as pre-access named it (None: no pre-access hook, or it did not say)
     subject: str | None = None
+    #: an operator (the command line): every upload is theirs to end, and no blocking hook
+    #: is asked
+    operator: bool = False
 
 
 #: a caller nobody named (no pre-access hook): uploads with an owner do not exist for it
@@ -62,6 +65,8 @@ ANONYMOUS = Caller(method="", uri="")
 #: the server itself (a final upload assembled when its last partial finished): events it
 #: causes carry an empty request
 SYSTEM_CALLER = ANONYMOUS
+#: an operator at the command line (`tusd-py uploads delete`)
+OPERATOR = Caller(method="", uri="", operator=True)
 
 
 @dataclass(frozen=True)

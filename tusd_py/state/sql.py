@@ -120,6 +120,20 @@ events_outbox = sa.Table(
 )
 
 
+@dataclass(frozen=True)
+class UploadQuery:
+    """Which uploads `tusd-py uploads list` shows; None matches anything."""
+
+    ids: tuple[str, ...] = ()
+    status: str | None = None
+    owner: str | None = None
+    created_before: datetime | None = None
+    #: a metadata key the upload has, and (when not None) the text value it has
+    metadata_key: str | None = None
+    metadata_value: str | None = None
+    limit: int = 100
+
+
 #: what each status of `tusd-py events list` means in the outbox
 _EVENT_STATUS: dict[str, sa.ColumnElement[bool]] = {
     "pending": events_outbox.c.next_attempt_at.is_not(None),
@@ -414,6 +428,10 @@ class Repository:
         """Try again at `retry_at`, or (None) give up: the event is failed until retried."""
         await self.database.run_single(self._sql.event_not_delivered, event_id, error, retry_at)
 
+    async def listing(self, query: UploadQuery) -> list[dict[str, Any]]:
+        """Uploads matching `query`, newest first, each with its record's columns."""
+        return await self.database.run_single(self._sql.listing, query)
+
     async def list_events(self, status: str, limit: int) -> list[dict[str, Any]]:
         """Outbox rows, newest first: status pending, failed, delivered or all."""
         return await self.database.run_single(self._sql.list_events, status, limit)
@@ -601,6 +619,32 @@ class _Statements:
         with conn.begin():
             rows = conn.execute(claim).all()
         return [OutboxEvent(*row) for row in rows]
+
+    def listing(self, conn: sa.Connection, query: UploadQuery) -> list[dict[str, Any]]:
+        chosen = sa.select(uploads).order_by(uploads.c.created_at.desc()).limit(query.limit)
+        if query.ids:
+            chosen = chosen.where(uploads.c.id.in_(query.ids))
+        if query.status is not None:
+            chosen = chosen.where(uploads.c.status == query.status)
+        if query.owner is not None:
+            chosen = chosen.where(uploads.c.owner == query.owner)
+        if query.created_before is not None:
+            chosen = chosen.where(uploads.c.created_at <= query.created_before)
+        if query.metadata_key is not None:
+            # the metadata as JSON, read by each database's own JSON functions: PostgreSQL
+            # needs the text cast to json; SQLite reads JSON from text as it is (a CAST there
+            # would make it a number)
+            document: sa.ColumnElement[Any]
+            if conn.dialect.name == "sqlite":
+                document = sa.type_coerce(uploads.c.metadata_json, sa.JSON)
+            else:
+                document = sa.cast(uploads.c.metadata_json, sa.JSON)
+            value = document[query.metadata_key].as_string()
+            if query.metadata_value is None:
+                chosen = chosen.where(value.is_not(None))
+            else:
+                chosen = chosen.where(value == query.metadata_value)
+        return [dict(row._mapping) for row in conn.execute(chosen)]
 
     def list_events(self, conn: sa.Connection, status: str, limit: int) -> list[dict[str, Any]]:
         query = sa.select(
