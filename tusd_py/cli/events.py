@@ -11,10 +11,10 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 from ..config import Settings
+from .text import when
 
 T = TypeVar("T")
 
@@ -89,10 +89,6 @@ def _with_repository(settings: Settings, work: Callable[[Any], Awaitable[T]]) ->
         return None
 
 
-def _when(moment: object) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if isinstance(moment, datetime) else "-"
-
-
 def _print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("no events")
@@ -110,5 +106,5 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         error = (row["last_error"] or "").replace("\n", " ")[:80]
         print(
             f"{row['id']:32}  {row['type']:14}  {row['upload_id'] or '-':22}  "
-            f"{row['attempts']:>5}  {state:9}  {_when(row['next_attempt_at']):19}  {error}"
+            f"{row['attempts']:>5}  {state:9}  {when(row['next_attempt_at']):19}  {error}"
         )

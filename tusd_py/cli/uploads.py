@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import Settings
+from .text import when
 
 HELP = "list, show or delete uploads (status, owner, age, metadata)"
 DESCRIPTION = (
@@ -139,10 +140,6 @@ def _metadata(row: dict[str, Any]) -> dict[str, str | None]:
     }
 
 
-def _when(moment: object) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if isinstance(moment, datetime) else "-"
-
-
 def _print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("no uploads")
@@ -154,13 +151,13 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         name = _metadata(row).get("filename") or ""
         print(
             f"{row['id']:22}  {row['status']:13}  {row['offset']:>12}  {length:>12}  "
-            f"{(row['owner'] or '-')[:16]:16}  {_when(row['created_at']):19}  {name}"
+            f"{(row['owner'] or '-')[:16]:16}  {when(row['created_at']):19}  {name}"
         )
 
 
 def _print_record(row: dict[str, Any]) -> None:
     shown = {k: v for k, v in row.items() if k not in ("metadata_json", "metadata_header")}
     for key, value in shown.items():
-        print(f"{key:15} {_when(value) if isinstance(value, datetime) else value}")
+        print(f"{key:15} {when(value) if isinstance(value, datetime) else value}")
     print(f"{'metadata':15} {json.dumps(_metadata(row), ensure_ascii=False)}")
     print()
