@@ -625,6 +625,13 @@ class Settings:
         help="Further tries of a `--hooks-url` call that could not connect or got a `5xx`, "
         "100 ms apart and doubling, within `--hooks-timeout`.",
     )
+    hooks_progress_interval: float = option(
+        1.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="Seconds between two `post-receive` events of one upload while its bytes arrive.",
+    )
     hooks_forward_headers: tuple[str, ...] = option(
         (),
         parse=header_names,

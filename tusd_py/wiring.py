@@ -251,9 +251,11 @@ def build_service(
         store = MeteredStore(store, meter)
         locks = MeteredLocks(locks, meter)
     hooks = build_hooks(settings, redis)
-    return UploadService(
+    service = UploadService(
         store, Repository(database), limits, cache, locks, meter=meter, hooks=hooks
     )
+    service.progress_interval = settings.hooks_progress_interval
+    return service
 
 
 def build_hooks(settings: Settings, redis: Redis | None = None) -> Hooks:

@@ -83,3 +83,7 @@ def pre_finish(event: dict[str, Any]) -> None:
         raise Reject(422, "The file did not pass the check.", code="ERR_CHECK")
     if name == "finish-crash":
         raise RuntimeError("the check broke")
+
+
+async def post_receive(event: dict[str, Any]) -> None:
+    _log(event)

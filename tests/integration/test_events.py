@@ -4,12 +4,14 @@ across three instances (tusd_py.events.relay)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +244,42 @@ def test_events_reach_a_redis_stream_that_workers_read_with_a_consumer_group(
     finally:
         client.delete(stream)
         client.close()
+
+
+def test_post_receive_tells_the_progress_at_most_once_per_interval(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "hooks.jsonl"
+    server = server_factory(
+        [
+            "--hooks-module", "tests.integration.hooks_sample",
+            "--hooks-enabled", "post-receive", "--hooks-progress-interval", "0.2",
+        ],
+        env={"TUSD_TEST_HOOKS_LOG": str(log)},
+    )  # fmt: skip
+    chunk = b"x" * 65536
+
+    def slowly() -> Iterator[bytes]:
+        for _ in range(12):
+            yield chunk
+            time.sleep(0.1)
+
+    with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
+        url = create(http, 12 * 65536, headers={"Authorization": "Bearer alice-token"})
+        response = patch(http, url, 0, slowly(), headers={"Authorization": "Bearer alice-token"})
+        assert response.status_code == 204
+
+    def told() -> list[dict[str, Any]]:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [e for e in map(json.loads, lines) if e["type"] == "post-receive"]
+
+    until(lambda: len(told()) >= 3)
+    events = told()
+    offsets = [e["upload"]["offset"] for e in events]
+    assert offsets == sorted(offsets) and offsets[0] > 0 and offsets[-1] <= 12 * 65536
+    assert len(events) <= 8  # about 1.2 s of bytes, one event per 0.2 s at most
+    times = [datetime.fromisoformat(e["time"]) for e in events]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert min(gaps) > 0.15
+    assert all(e["upload"]["id"] == upload_id(url) for e in events)
+    assert all("authorization" not in e["request"]["headers"] for e in events)

@@ -8,6 +8,7 @@ database or the cache.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tusd_protocol.checksums import Hasher
@@ -55,7 +56,9 @@ async def pump_body(
     hasher: Hasher | None,
     holding: Holding,
     meter: Meter = NULL_METER,
+    progress: Callable[[int], None] | None = None,
 ) -> BodyResult:
+    """Stream the body into the appender; `progress(received)` after each chunk written."""
     received = 0
     loop = asyncio.get_running_loop()
     drain_until: float | None = None
@@ -91,5 +94,7 @@ async def pump_body(
             await appender.write(chunk)
             received += len(chunk)
             meter.bytes_received(len(chunk))
+            if progress is not None:
+                progress(received)
         if not message.get("more_body", False):
             return BodyResult(received, complete=True)

@@ -33,6 +33,9 @@ class HookPoint(enum.StrEnum):
     PRE_FINISH = "pre-finish"
     #: an upload was created (notifying: delivered at least once, after the commit)
     POST_CREATE = "post-create"
+    #: bytes are arriving: how far an upload got, at most once per --hooks-progress-interval
+    #: per upload (best effort: told once, never stored or retried)
+    POST_RECEIVE = "post-receive"
     #: every byte of an upload is stored (notifying)
     POST_FINISH = "post-finish"
     #: an upload was terminated (notifying)
@@ -40,7 +43,8 @@ class HookPoint(enum.StrEnum):
 
 
 #: the points whose events are kept in the outbox and delivered after the change commits;
-#: the others are blocking: called before it, and their answer decides
+#: post-receive is told as it happens; the others are blocking: called before the change,
+#: and their answer decides
 NOTIFYING = frozenset({HookPoint.POST_CREATE, HookPoint.POST_FINISH, HookPoint.POST_TERMINATE})
 
 
@@ -108,7 +112,7 @@ def make_event(point: HookPoint, upload: HookUpload, caller: Caller) -> dict[str
     """The event a hook gets, as JSON-ready data (docs/hooks.md); its id lets a consumer
     drop a duplicate."""
     headers = dict(caller.headers)
-    if point in NOTIFYING:
+    if point in NOTIFYING or point is HookPoint.POST_RECEIVE:
         headers = {k: v for k, v in headers.items() if k not in CREDENTIAL_HEADERS}
     return {
         "id": uuid.uuid4().hex,

@@ -9,6 +9,7 @@ the cache and the locks only through the Protocols of `ports.py`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -113,6 +114,11 @@ class UploadService:
         self.hooks = hooks
         #: called after a commit that wrote events (the relay then looks at once)
         self.on_events: Callable[[], None] = lambda: None
+        #: post-receive: seconds between two events of one upload, and when each upload's
+        #: last one went (bounded: the oldest are forgotten first)
+        self.progress_interval = 1.0
+        self._progress_told: dict[str, float] = {}
+        self._telling: set[asyncio.Task[None]] = set()
 
     # --- reading -----------------------------------------------------------------------
 
@@ -321,6 +327,39 @@ class UploadService:
             upload_id = answer.upload_id
         return plan, upload_id
 
+    def _progress(
+        self, upload: Upload, offset: int, caller: Caller
+    ) -> Callable[[int], None] | None:
+        """post-receive for a request appending at `offset`: how far the upload got, at
+        most once per progress_interval per upload, told in the background (best effort)."""
+        if not self.hooks.enabled(HookPoint.POST_RECEIVE):
+            return None
+        loop = asyncio.get_running_loop()
+
+        def received(count: int) -> None:
+            now = loop.time()
+            last = self._progress_told.get(upload.id)
+            if last is not None and now - last < self.progress_interval:
+                return
+            if len(self._progress_told) >= 10_000 and last is None:
+                del self._progress_told[next(iter(self._progress_told))]  # the oldest
+            self._progress_told.pop(upload.id, None)
+            self._progress_told[upload.id] = now  # newest last
+            event = make_event(
+                HookPoint.POST_RECEIVE, hook_upload(replace(upload, offset=offset + count)), caller
+            )
+            task = loop.create_task(self._tell(event))
+            self._telling.add(task)
+            task.add_done_callback(self._telling.discard)
+
+        return received
+
+    async def _tell(self, event: dict[str, Any]) -> None:
+        try:
+            await self.hooks.deliver(HookPoint.POST_RECEIVE, event)
+        except HookFailed as exc:  # progress is told once: the next event says more anyway
+            log.warning("post-receive for %s not told: %s", event["upload"]["id"], exc.detail)
+
     def _events(
         self,
         point: HookPoint,
@@ -377,8 +416,11 @@ class UploadService:
         )
         hasher = new_hasher(plan.checksum.algorithm) if plan.checksum else None
         self.meter.receiving_started()
+        progress = self._progress(upload, plan.offset, caller)
         try:
-            body = await pump_body(receive, appender, plan.max_bytes, hasher, holding, self.meter)
+            body = await pump_body(
+                receive, appender, plan.max_bytes, hasher, holding, self.meter, progress
+            )
             if body.overrun:
                 await appender.abort()
                 raise rules.body_overrun(plan, upload.length, self.limits)
