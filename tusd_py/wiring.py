@@ -105,6 +105,7 @@ class Runtime:
             await prepare_database(self.settings)
             await self.service.store.open()
             await self.service.locks.start()
+            await self.service.progress_feed.start()
             # the sweeper also finishes assemblies that failed (a store that keeps layouts)
             if self.settings.limits.expiration is not None or self.service.store.uses_layout:
                 self._sweeper = asyncio.create_task(
@@ -157,6 +158,7 @@ class Runtime:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.service.progress_feed.stop()
         await self.service.locks.stop()
         await self.service.store.close()
         await self.database.close()
@@ -255,6 +257,9 @@ def build_service(
         store, Repository(database), limits, cache, locks, meter=meter, hooks=hooks
     )
     service.progress_interval = settings.hooks_progress_interval
+    from .events.progress import LocalProgressFeed, RedisProgressFeed
+
+    service.progress_feed = RedisProgressFeed(redis) if redis is not None else LocalProgressFeed()
     return service
 
 

@@ -23,6 +23,8 @@ from tests.integration._hookd import Hookd
 from tests.integration._wire import TUS, create, metadata, patch, state_rows, upload_id
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+#: the points delivered through the outbox (post-receive is told as it happens)
+OUTBOX_POINTS = ("post-create", "post-finish", "post-terminate")
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def hookd() -> Iterator[Hookd]:
     receiver.close()
 
 
-def until(condition: Any, timeout: float = 15.0) -> None:
+def until(condition: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "not within the time given"
@@ -60,7 +62,8 @@ def test_each_change_is_told_once_with_the_upload_as_it_became(
         other = create(http, 10)
         assert http.delete(other).status_code == 204
         until(lambda: len(hookd.events("post-terminate")) == 1)
-    (created_a, created_b) = hookd.events("post-create")
+    created = {e["upload"]["id"]: e for e in hookd.events("post-create")}
+    created_a, created_b = created[upload_id(url)], created[upload_id(other)]
     (finished,) = hookd.events("post-finish")
     (terminated,) = hookd.events("post-terminate")
     assert created_a["upload"]["id"] == finished["upload"]["id"] == upload_id(url)
@@ -76,13 +79,18 @@ def test_each_change_is_told_once_with_the_upload_as_it_became(
     assert finished["upload"]["offset"] == finished["upload"]["length"] == 6
     assert finished["request"]["method"] == "PATCH"
     assert terminated["upload"]["id"] == created_b["upload"]["id"] == upload_id(other)
-    ids = [event["id"] for name, _, event in hookd.calls if name.startswith("post-")]
+    ids = [event["id"] for name, _, event in hookd.calls if name in OUTBOX_POINTS]
     assert len(ids) == len(set(ids)) == 4
     blocking = [name for name, _, _ in hookd.calls if name.startswith("pre-")]
     assert blocking == ["pre-create", "pre-finish", "pre-create", "pre-terminate"]
-    # every event is marked delivered in the outbox
-    rows = state_rows(server, "SELECT attempts, delivered_at FROM events_outbox")
-    assert len(rows) == 4 and all(attempts == 1 and done for attempts, done in rows)
+
+    # every event is marked delivered in the outbox (just after its delivery answered)
+    def outbox() -> list[tuple[object, ...]]:
+        return state_rows(server, "SELECT attempts, delivered_at FROM events_outbox")
+
+    until(lambda: all(done for _, done in outbox()))
+    rows = outbox()
+    assert len(rows) == 4 and all(attempts == 1 for attempts, _ in rows)
 
 
 def test_a_python_post_hook_that_raises_is_tried_again(server_factory: Any, tmp_path: Path) -> None:
@@ -121,8 +129,8 @@ def test_an_event_committed_before_a_kill_9_is_delivered_after_the_restart(
         until(lambda: len(hookd.events("post-finish")) >= 1)
     (event,) = [e for e in hookd.events("post-finish")][-1:]
     assert event["upload"]["id"] == upload_id(url)
-    ((delivered,),) = state_rows(server, "SELECT delivered_at FROM events_outbox")
-    assert delivered is not None
+    # marked delivered just after the delivery answered
+    until(lambda: state_rows(server, "SELECT delivered_at FROM events_outbox")[0][0] is not None)
 
 
 @pytest.fixture
@@ -162,7 +170,7 @@ def test_three_instances_deliver_each_event_once(
             urls.append(url)
     until(lambda: len(hookd.events("post-finish")) >= 30, timeout=30)
     time.sleep(2)  # every relay polls at least once more: a second delivery would show
-    ids = [event["id"] for name, _, event in hookd.calls if name.startswith("post-")]
+    ids = [event["id"] for name, _, event in hookd.calls if name in OUTBOX_POINTS]
     assert len(ids) == len(set(ids)) == 60  # 30 post-create, 30 post-finish, each once
     finished = {event["upload"]["id"] for event in hookd.events("post-finish")}
     assert finished == {upload_id(url) for url in urls}
@@ -202,6 +210,7 @@ def test_the_events_command_lists_retries_and_drops_what_waits(
     hookd.down = False
     until(lambda: len(hookd.events("post-finish")) == 1)
     assert hookd.events("post-finish")[0]["upload"]["id"] == upload_id(urls[0])
+    until(lambda: not state_rows(server, "SELECT id FROM events_outbox WHERE delivered_at IS NULL"))
     assert events_cli(server).stdout.strip() == "no events"  # nothing pending
     delivered = events_cli(server, "list", "--status", "delivered")
     assert upload_id(urls[0]) in delivered.stdout and upload_id(urls[1]) not in delivered.stdout
@@ -235,7 +244,7 @@ def test_events_reach_a_redis_stream_that_workers_read_with_a_consumer_group(
 
         until(read)
         kinds = [fields[b"type"].decode() for _, fields in entries]
-        assert kinds == ["post-create", "post-finish"]
+        assert kinds == ["post-create", "post-finish"]  # one upload's events in order
         finished = json.loads(entries[1][1][b"event"])
         assert finished["id"] == entries[1][1][b"id"].decode()
         assert finished["upload"]["id"] == upload_id(url)
@@ -266,7 +275,9 @@ def test_post_receive_tells_the_progress_at_most_once_per_interval(
 
     with httpx.Client(base_url=server.base_url, headers=TUS, timeout=30) as http:
         url = create(http, 12 * 65536, headers={"Authorization": "Bearer alice-token"})
+        started = time.monotonic()
         response = patch(http, url, 0, slowly(), headers={"Authorization": "Bearer alice-token"})
+        took = time.monotonic() - started
         assert response.status_code == 204
 
     def told() -> list[dict[str, Any]]:
@@ -277,7 +288,7 @@ def test_post_receive_tells_the_progress_at_most_once_per_interval(
     events = told()
     offsets = [e["upload"]["offset"] for e in events]
     assert offsets == sorted(offsets) and offsets[0] > 0 and offsets[-1] <= 12 * 65536
-    assert len(events) <= 8  # about 1.2 s of bytes, one event per 0.2 s at most
+    assert len(events) <= took / 0.2 + 1  # one event per 0.2 s at most
     times = [datetime.fromisoformat(e["time"]) for e in events]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     assert min(gaps) > 0.15

@@ -34,6 +34,40 @@ class BackendUnavailable(Exception):
 # --- the state database ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ProgressNote:
+    """How far an upload got, for people watching it."""
+
+    upload_id: str
+    offset: int
+    length: int | None
+    #: the upload's status (UploadStatus's value)
+    status: str
+
+    @property
+    def final(self) -> bool:
+        """No more notes follow: the upload finished, or ended otherwise."""
+        return self.status not in ("receiving", "concatenating")
+
+
+class ProgressFeed(Protocol):
+    """Notes of progress from the requests that move uploads to the people watching them
+    (events/progress.py): best effort, for display."""
+
+    def wanted(self, upload_id: str) -> bool:
+        """Whether anyone watches the upload, here or on another instance."""
+
+    def publish(self, note: ProgressNote) -> None: ...
+
+    def watch(
+        self, upload_id: str
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[ProgressNote]]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class OutboxEvent(Protocol):
     """An event claimed for delivery (state/sql.py's row)."""
 
@@ -41,6 +75,10 @@ class OutboxEvent(Protocol):
     def id(self) -> str: ...
     @property
     def type(self) -> str: ...
+    @property
+    def upload_id(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
     @property
     def payload(self) -> str: ...
     @property

@@ -10,6 +10,7 @@ the cache and the locks only through the Protocols of `ports.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -50,6 +51,8 @@ from .ports import (
     BackendUnavailable,
     Holding,
     Meter,
+    ProgressFeed,
+    ProgressNote,
     Receive,
     Repository,
     UploadCache,
@@ -77,6 +80,39 @@ def hook_upload(upload: Upload, metadata: dict[str, bytes | None] | None = None)
         owner=upload.owner,
         concat=upload.concat_kind.value,
     )
+
+
+#: a watcher reads the upload's record this often (notes in between are best effort)
+WATCH_POLL = 2.0
+#: and stops after this long without a change (a client that went away for good)
+WATCH_IDLE = 600.0
+
+
+def note_of(upload: Upload) -> ProgressNote:
+    return ProgressNote(upload.id, upload.offset, upload.length, upload.status.value)
+
+
+class _Unwatched:
+    """The progress feed of a service nobody set one for: no one watches."""
+
+    def wanted(self, upload_id: str) -> bool:
+        return False
+
+    def publish(self, note: ProgressNote) -> None:
+        pass
+
+    @contextlib.asynccontextmanager
+    async def watch(self, upload_id: str) -> AsyncIterator[asyncio.Queue[ProgressNote]]:
+        yield asyncio.Queue()
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+UNWATCHED = _Unwatched()
 
 
 def new_upload_id() -> str:
@@ -119,6 +155,8 @@ class UploadService:
         self.progress_interval = 1.0
         self._progress_told: dict[str, float] = {}
         self._telling: set[asyncio.Task[None]] = set()
+        #: notes for people watching uploads (wiring sets the feed)
+        self.progress_feed: ProgressFeed = UNWATCHED
 
     # --- reading -----------------------------------------------------------------------
 
@@ -330,10 +368,11 @@ class UploadService:
     def _progress(
         self, upload: Upload, offset: int, caller: Caller
     ) -> Callable[[int], None] | None:
-        """post-receive for a request appending at `offset`: how far the upload got, at
-        most once per progress_interval per upload, told in the background (best effort)."""
-        if not self.hooks.enabled(HookPoint.POST_RECEIVE):
-            return None
+        """For a request appending at `offset`: how far the upload got, at most once per
+        progress_interval per upload, to post-receive (in the background, best effort) and
+        to the people watching it."""
+        tell = self.hooks.enabled(HookPoint.POST_RECEIVE)
+        feed = self.progress_feed
         loop = asyncio.get_running_loop()
 
         def received(count: int) -> None:
@@ -341,18 +380,72 @@ class UploadService:
             last = self._progress_told.get(upload.id)
             if last is not None and now - last < self.progress_interval:
                 return
+            watched = feed.wanted(upload.id)
+            if not tell and not watched:
+                return
             if len(self._progress_told) >= 10_000 and last is None:
                 del self._progress_told[next(iter(self._progress_told))]  # the oldest
             self._progress_told.pop(upload.id, None)
             self._progress_told[upload.id] = now  # newest last
-            event = make_event(
-                HookPoint.POST_RECEIVE, hook_upload(replace(upload, offset=offset + count)), caller
-            )
-            task = loop.create_task(self._tell(event))
-            self._telling.add(task)
-            task.add_done_callback(self._telling.discard)
+            if watched:
+                feed.publish(ProgressNote(upload.id, offset + count, upload.length, "receiving"))
+            if tell:
+                moved = hook_upload(replace(upload, offset=offset + count))
+                task = loop.create_task(
+                    self._tell(make_event(HookPoint.POST_RECEIVE, moved, caller))
+                )
+                self._telling.add(task)
+                task.add_done_callback(self._telling.discard)
 
         return received
+
+    def _note(self, upload: Upload) -> None:
+        """A committed state, for the people watching the upload."""
+        if self.progress_feed.wanted(upload.id):
+            self.progress_feed.publish(note_of(upload))
+
+    async def watch(
+        self, upload_id: str, caller: Caller = ANONYMOUS
+    ) -> AsyncIterator[ProgressNote | None]:
+        """How far the upload gets, for a person watching: its state now, then a note as
+        bytes arrive or its state changes, ending once it finished or ended otherwise (or
+        after WATCH_IDLE without a change). None means: nothing new (time for a keep-alive).
+        It never asks a request to let go of the upload, as HEAD does."""
+        if not rules.is_valid_upload_id(upload_id):
+            raise UploadNotFound()
+        upload = self.locks.kept_state(upload_id) or await self.load(upload_id)
+        rules.check_owner(upload, caller.subject)
+        rules.check_available(upload, self.clock())
+        return self._notes(note_of(upload))
+
+    async def _notes(self, first: ProgressNote) -> AsyncIterator[ProgressNote | None]:
+        yield first
+        if first.final:
+            return
+        loop = asyncio.get_running_loop()
+        last, changed_at = first, loop.time()
+        async with self.progress_feed.watch(first.upload_id) as queue:
+            while True:
+                try:
+                    async with asyncio.timeout(WATCH_POLL):
+                        note = await queue.get()
+                except TimeoutError:  # notes are best effort: the record is the truth
+                    try:
+                        current = self.locks.kept_state(first.upload_id) or await self.load(
+                            first.upload_id
+                        )
+                    except UploadNotFound:
+                        return
+                    note = note_of(current)
+                if note.status == last.status and note.offset <= last.offset:
+                    if loop.time() - changed_at > WATCH_IDLE:
+                        return
+                    yield None  # a committed offset behind the bytes already reported
+                    continue
+                last, changed_at = note, loop.time()
+                yield note
+                if note.final:
+                    return
 
     async def _tell(self, event: dict[str, Any]) -> None:
         try:
@@ -483,6 +576,7 @@ class UploadService:
             await self.cache.forget(upload.id)
             raise ServerFault("The upload changed under this request; nothing was acknowledged.")
         await self._settle(holding, new)
+        self._note(new)
         if stored is not None:
             await self.store.discard(stored.obsolete)
         if new.status is UploadStatus.FINISHED:
@@ -503,6 +597,7 @@ class UploadService:
             await self.cache.forget(upload.id)
             raise ServerFault("The upload changed while it was being refused.")
         await self._settle(holding, new)
+        self._note(new)
         await self.store.delete(upload.id, layout)
         await self.forget_layout(upload.id, layout)
 
@@ -568,6 +663,7 @@ class UploadService:
             await self.cache.forget(final.id)
             raise ServerFault("The final upload changed while it was being assembled.")
         await self.cache.put(new)
+        self._note(new)
         self.meter.upload_finished()
         return new
 
@@ -596,6 +692,7 @@ class UploadService:
                 await self.cache.forget(upload_id)
                 raise ServerFault("The upload changed while it was being terminated.")
             await self.cache.put(new)
+            self._note(new)
             self.meter.upload_terminated()
             await self.store.delete(upload_id, layout)
             await self.forget_layout(upload_id, layout)

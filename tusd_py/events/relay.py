@@ -23,7 +23,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from ..core.hooks import HookFailed, HookPoint, Hooks
-from ..core.ports import Repository
+from ..core.ports import OutboxEvent, Repository
 
 log = logging.getLogger("tusd_py.events")
 
@@ -87,8 +87,16 @@ class EventRelay:
     async def run_once(self) -> int:
         """Claim and deliver one batch of due events: how many were claimed."""
         events = await self.repository.claim_events(BATCH, self.lease_seconds)
-        await asyncio.gather(*(self._deliver(e.id, e.type, e.payload, e.attempts) for e in events))
+        # one upload's events in the order they were written; different uploads at once
+        by_upload: dict[str | None, list[OutboxEvent]] = {}
+        for event in sorted(events, key=lambda e: e.created_at):
+            by_upload.setdefault(event.upload_id, []).append(event)
+        await asyncio.gather(*(self._deliver_in_order(group) for group in by_upload.values()))
         return len(events)
+
+    async def _deliver_in_order(self, events: list[OutboxEvent]) -> None:
+        for event in events:
+            await self._deliver(event.id, event.type, event.payload, event.attempts)
 
     async def _deliver(self, event_id: str, kind: str, payload: str, attempts: int) -> None:
         try:

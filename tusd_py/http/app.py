@@ -76,6 +76,7 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint(meter), methods=["GET"]),
         Route(base, handlers.collection, methods=ALL_METHODS),
         Route(base + "{upload_id}", handlers.upload, methods=ALL_METHODS),
+        Route(base + "{upload_id}/progress", handlers.progress, methods=ALL_METHODS),
         Route(base + "{rest:path}", handlers.not_found, methods=ALL_METHODS),
     ]
     if base != "/":

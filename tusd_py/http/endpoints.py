@@ -6,10 +6,11 @@ No rules here: every status code comes from a dialect, a decision or a ProtocolE
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -34,7 +35,7 @@ from tusd_storage import StorageError
 from ..admission.middleware import client_address
 from ..config import Settings
 from ..core.hooks import ANONYMOUS, Caller, HookFailed, HookPoint, HookUpload
-from ..core.ports import BackendUnavailable
+from ..core.ports import BackendUnavailable, ProgressNote
 from ..core.service import UploadService
 from ..wiring import Runtime
 from .metrics import ERROR_CODE
@@ -84,6 +85,20 @@ class TusHandlers:
     async def upload(self, request: Request) -> Response:
         """An upload's URL (base path + id)."""
         return await self._guarded(request, self._dispatch_upload)
+
+    async def progress(self, request: Request) -> Response:
+        """`<upload URL>/progress`: how far the upload gets, as Server-Sent Events."""
+        return await self._guarded(request, self._watch)
+
+    async def _watch(self, request: Request, headers: Headers, method: str) -> Response:
+        if method != "GET":
+            raise MethodNotAllowed(headers={"Allow": "GET"})
+        notes = await self.service.watch(request.path_params["upload_id"], caller_of(request))
+        return StreamingResponse(
+            progress_events(notes),
+            media_type="text/event-stream",
+            headers={**tus1.RESUMABLE, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     async def not_found(self, request: Request) -> Response:
         return await self._guarded(request, self._raise_not_found)
@@ -239,6 +254,40 @@ class TusHandlers:
     def location(self, request: Request, upload_id: str) -> str:
         scheme, host = public_origin(request, self.settings.behind_proxy)
         return f"{scheme}://{host}{self._base_path(request)}{upload_id}"
+
+
+#: seconds without a note after which a progress stream sends a comment, so that proxies and
+#: clients see the connection is alive
+KEEP_ALIVE = 15.0
+
+
+async def progress_events(notes: AsyncIterator[ProgressNote | None]) -> AsyncIterator[bytes]:
+    """Server-Sent Events: `progress` while the upload receives (offset, length, bytes per
+    second since the previous note), then one event named after how it ended (`finished`,
+    `terminated`, `expired`, `failed`), and the stream ends."""
+    loop = asyncio.get_running_loop()
+    previous: tuple[int, float] | None = None
+    written = loop.time()
+    async for note in notes:
+        now = loop.time()
+        if note is None:
+            if now - written >= KEEP_ALIVE:
+                written = now
+                yield b": keep-alive\n\n"
+            continue
+        rate = None
+        if previous is not None and now > previous[1]:
+            rate = round((note.offset - previous[0]) / (now - previous[1]), 1)
+        previous, written = (note.offset, now), now
+        data: dict[str, object] = {
+            "offset": note.offset,
+            "length": note.length,
+            "status": note.status,
+        }
+        if rate is not None:
+            data["bytes_per_second"] = rate
+        name = "progress" if not note.final else note.status
+        yield f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def error_response(exc: ProtocolError, request: Request, method: str) -> Response:

@@ -150,6 +150,7 @@ class OutboxEvent:
     id: str
     type: str
     upload_id: str | None
+    created_at: datetime
     #: the event as JSON text
     payload: str
     #: deliveries tried so far, this one included
@@ -612,6 +613,7 @@ class _Statements:
                 events_outbox.c.id,
                 events_outbox.c.type,
                 events_outbox.c.upload_id,
+                events_outbox.c.created_at,
                 events_outbox.c.payload,
                 events_outbox.c.attempts,
             )
