@@ -8,7 +8,6 @@ Nothing else in tusd-py chooses an implementation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from .core.hooks import NO_HOOKS, NOTIFYING, HookPoint, Hooks
 from .core.maintenance import Maintenance
 from .core.ports import NULL_METER, Meter, UploadCache, UploadLocks
 from .core.service import UploadService
+from .core.tasks import cancel_and_wait
 from .metrics.instrumented import MeteredLocks, MeteredStore
 from .state import migrations
 from .state.database import Database
@@ -154,10 +154,7 @@ class Runtime:
         if self.relay is not None:
             await self.relay.stop()  # a delivery cut short stays claimed, then due again
             self.relay = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         await self.service.progress_feed.stop()
         await self.service.locks.stop()
         await self.service.store.close()

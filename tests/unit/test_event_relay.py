@@ -13,7 +13,7 @@ import pytest
 
 from tests.unit._async import run
 from tusd_protocol.state import Upload, UploadStatus
-from tusd_py.core.hooks import SYSTEM_CALLER, HookFailed, HookPoint, HookUpload, make_event
+from tusd_py.core.hooks import ANONYMOUS, HookFailed, HookPoint, HookUpload, make_event
 from tusd_py.events import relay as relay_module
 from tusd_py.events.relay import EventRelay
 from tusd_py.state.database import Database
@@ -57,7 +57,7 @@ def test_an_event_is_tried_again_later_and_marked_failed_after_its_attempts(
     url = f"sqlite:///{path}"
     upgrade_if_needed(url)
     upload = Upload("u" * 22, UploadStatus.RECEIVING, 0, 10)
-    event = make_event(HookPoint.POST_CREATE, HookUpload(id=upload.id, length=10), SYSTEM_CALLER)
+    event = make_event(HookPoint.POST_CREATE, HookUpload(id=upload.id, length=10), ANONYMOUS)
     hooks = Unreachable()
 
     async def main() -> list[tuple[Any, ...]]:
@@ -73,13 +73,20 @@ def test_an_event_is_tried_again_later_and_marked_failed_after_its_attempts(
                 assert await relay.run_once() == 0  # not due again yet
                 make_due(path)
             assert await relay.run_once() == 0  # failed: never tried again by itself
+            # `tusd-py events retry --all-failed`: due now, with its attempts anew
+            assert await repository.retry_events([], all_failed=True) == 1
+            assert outbox(path)[0] == 0 and outbox(path)[2] is None
+            assert await relay.run_once() == 1
+            seen.append(outbox(path))
+            # `tusd-py events drop --all-failed` leaves a pending event alone
+            assert await repository.drop_events([], all_failed=True) == 0
+            assert outbox(path) is not None
         finally:
             await database.close()
         return seen
 
     started = datetime.now(UTC).replace(tzinfo=None)
     seen = run(main)
-    assert hooks.tries == 3
     waits = [
         (datetime.fromisoformat(str(row[1])).replace(tzinfo=None) - started).total_seconds()
         for row in seen[:2]
@@ -88,3 +95,5 @@ def test_an_event_is_tried_again_later_and_marked_failed_after_its_attempts(
     attempts, next_at, failed_at, error, delivered = seen[2]
     assert attempts == 3 and next_at is None and failed_at is not None and delivered is None
     assert "could not be reached" in error
+    assert seen[3][0] == 1 and seen[3][1] is not None  # tried again, pending again
+    assert hooks.tries == 4

@@ -80,6 +80,18 @@ def test_two_calls_for_one_key_never_share_a_batch() -> None:
     run(main)
 
 
+def test_a_batch_holds_at_most_max_size_calls_and_the_rest_follow_in_order() -> None:
+    async def main() -> None:
+        recorder = Recorder()
+        batcher: Batcher[str, str] = Batcher(recorder, key=lambda c: c, max_size=3)
+        answers = await asyncio.gather(*(batcher.submit(f"c{i}") for i in range(7)))
+        assert answers == [f"done c{i}" for i in range(7)]
+        assert [len(batch) for batch in recorder.batches] == [3, 3, 1]
+        assert [c for batch in recorder.batches for c in batch] == [f"c{i}" for i in range(7)]
+
+    run(main)
+
+
 def test_an_answer_that_is_an_error_fails_only_its_own_call() -> None:
     async def main() -> None:
         batcher: Batcher[str, str] = Batcher(Recorder(), key=lambda c: c)

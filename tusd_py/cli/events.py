@@ -8,13 +8,11 @@ tusd-py events drop ID... | --all-failed
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ..config import Settings
-from .text import when
+from .common import when, with_repository
 
 T = TypeVar("T")
 
@@ -49,14 +47,14 @@ def run(settings: Settings, arguments: dict[str, Any]) -> int:
         print(f"tusd-py: events {action} needs event ids or --all-failed", file=sys.stderr)
         return 2
     if action == "list":
-        rows = _with_repository(
+        rows = with_repository(
             settings, lambda r: r.list_events(arguments["status"], arguments["limit"])
         )
         if rows is None:
             return 2
         _print_table(rows)
         return 0
-    done = _with_repository(
+    done = with_repository(
         settings,
         lambda r: (r.retry_events if action == "retry" else r.drop_events)(
             ids, arguments["all_failed"]
@@ -67,26 +65,6 @@ def run(settings: Settings, arguments: dict[str, Any]) -> int:
     verb = "made due again" if action == "retry" else "dropped"
     print(f"tusd-py: {done} event(s) {verb}.")
     return 0 if done or arguments["all_failed"] else 1
-
-
-def _with_repository(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T | None:
-    from ..state.database import Database
-    from ..state.sql import Repository
-    from ..wiring import SchemaNotMigrated, prepare_database
-
-    async def main() -> T:
-        await prepare_database(settings)
-        database = Database(settings.resolved_database_url)
-        try:
-            return await work(Repository(database))
-        finally:
-            await database.close()
-
-    try:
-        return asyncio.run(main())
-    except SchemaNotMigrated as exc:
-        print(f"tusd-py: {exc}", file=sys.stderr)
-        return None
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

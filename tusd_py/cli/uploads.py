@@ -13,10 +13,13 @@ import asyncio
 import json
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from .text import when
+from .common import when, with_repository
+
+if TYPE_CHECKING:
+    from ..state.sql import UploadQuery
 
 HELP = "list, show or delete uploads (status, owner, age, metadata)"
 DESCRIPTION = (
@@ -44,19 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, arguments: dict[str, Any]) -> int:
-    from ..wiring import SchemaNotMigrated
-
     action = arguments["action"]
     ids = tuple(arguments["upload_ids"])
     if action != "list" and not ids:
         print(f"tusd-py: uploads {action} needs upload ids", file=sys.stderr)
         return 2
-    try:
-        if action == "delete":
+    if action == "delete":
+        from ..wiring import SchemaNotMigrated
+
+        try:
             return asyncio.run(_delete(settings, ids))
-        rows = asyncio.run(_listing(settings, arguments, ids if action == "show" else ()))
-    except SchemaNotMigrated as exc:
-        print(f"tusd-py: {exc}", file=sys.stderr)
+        except SchemaNotMigrated as exc:
+            print(f"tusd-py: {exc}", file=sys.stderr)
+            return 2
+    query = _query(arguments, ids if action == "show" else ())
+    rows = with_repository(settings, lambda repository: repository.listing(query))
+    if rows is None:
         return 2
     if action == "show":
         for row in rows:
@@ -69,12 +75,8 @@ def run(settings: Settings, arguments: dict[str, Any]) -> int:
     return 0
 
 
-async def _listing(
-    settings: Settings, arguments: dict[str, Any], ids: tuple[str, ...]
-) -> list[dict[str, Any]]:
-    from ..state.database import Database
-    from ..state.sql import Repository, UploadQuery
-    from ..wiring import prepare_database
+def _query(arguments: dict[str, Any], ids: tuple[str, ...]) -> UploadQuery:
+    from ..state.sql import UploadQuery
 
     key, value = None, None
     if arguments["metadata"]:
@@ -82,7 +84,7 @@ async def _listing(
         # stored as each byte's latin-1 character (state/sql.encode_metadata)
         value = text.encode().decode("latin-1") if sep else None
     older = arguments["older_than"]
-    query = UploadQuery(
+    return UploadQuery(
         ids=ids,
         status=arguments["status"],
         owner=arguments["owner"],
@@ -91,12 +93,6 @@ async def _listing(
         metadata_value=value,
         limit=max(len(ids), arguments["limit"]),
     )
-    await prepare_database(settings)
-    database = Database(settings.resolved_database_url)
-    try:
-        return await Repository(database).listing(query)
-    finally:
-        await database.close()
 
 
 async def _delete(settings: Settings, ids: tuple[str, ...]) -> int:

@@ -64,11 +64,9 @@ class Caller:
     operator: bool = False
 
 
-#: a caller nobody named (no pre-access hook): uploads with an owner do not exist for it
+#: a caller nobody named (no pre-access hook): uploads with an owner do not exist for it;
+#: also the caller of what the server does by itself (its events carry an empty request)
 ANONYMOUS = Caller(method="", uri="")
-#: the server itself (a final upload assembled when its last partial finished): events it
-#: causes carry an empty request
-SYSTEM_CALLER = ANONYMOUS
 #: an operator at the command line (`tusd-py uploads delete`)
 OPERATOR = Caller(method="", uri="", operator=True)
 

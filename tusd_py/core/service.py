@@ -37,7 +37,6 @@ from .body import NO_BYTES, pump_body
 from .hooks import (
     ANONYMOUS,
     NO_HOOKS,
-    SYSTEM_CALLER,
     Caller,
     HookFailed,
     HookPoint,
@@ -278,13 +277,6 @@ class UploadService:
         upload_id = new_upload_id()
         if self.hooks.enabled(HookPoint.PRE_CREATE):
             plan, upload_id = await self._pre_create(plan, length, partial_ids, caller, upload_id)
-        if status is UploadStatus.FINISHED and self.hooks.enabled(HookPoint.PRE_FINISH):
-            # complete at birth (no bytes to come): refused, it is never created
-            empty = HookUpload(
-                id=upload_id, length=length, metadata=metadata_texts(plan.metadata),
-                owner=caller.subject,
-            )  # fmt: skip
-            await self.hooks.call(HookPoint.PRE_FINISH, empty, caller)
         upload = Upload(
             id=upload_id,
             status=status,
@@ -296,6 +288,10 @@ class UploadService:
             expires_at=rules.next_expiry(self.limits, now, status),
             owner=caller.subject,
         )
+        if status is UploadStatus.FINISHED and self.hooks.enabled(HookPoint.PRE_FINISH):
+            # complete at birth (no bytes to come): refused, it is never created
+            finished = hook_upload(upload, plan.metadata)
+            await self.hooks.call(HookPoint.PRE_FINISH, finished, caller)
         # a new upload is locked from birth: no one else knows its id yet, but taking the lock
         # first means that without a lock service nothing is created (503, not half an upload)
         async with self.locks.hold(upload.id) as holding:
@@ -647,7 +643,8 @@ class UploadService:
         layout = await self.store.concatenate(final.id, sources, await self.layout_of(final.id))
         layout = await self.store.finish(final.id, length, layout)
         finished = replace(final, status=UploadStatus.FINISHED, offset=length, length=length)
-        events = self._events(HookPoint.POST_FINISH, finished, SYSTEM_CALLER)
+        # the server's own doing (the last partial finished): no request to tell of
+        events = self._events(HookPoint.POST_FINISH, finished, ANONYMOUS)
         new = await self.repository.transition(
             final,
             status=UploadStatus.FINISHED,

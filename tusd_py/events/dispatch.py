@@ -24,12 +24,12 @@ class HookDispatcher:
         self, deliveries: Sequence[Delivery], enabled: frozenset[HookPoint] | None = None
     ) -> None:
         self.deliveries = tuple(deliveries)
-        self._by_point: dict[HookPoint, tuple[Delivery, ...]] = {
-            point: tuple(d for d in self.deliveries if point in d.points())
-            for point in HookPoint
-            if enabled is None or point in enabled
-        }
-        self._by_point = {p: ds for p, ds in self._by_point.items() if ds}
+        #: the deliveries of each enabled point that has any
+        self._by_point: dict[HookPoint, tuple[Delivery, ...]] = {}
+        for point in enabled if enabled is not None else HookPoint:
+            listening = tuple(d for d in self.deliveries if point in d.points())
+            if listening:
+                self._by_point[point] = listening
 
     def enabled(self, point: HookPoint) -> bool:
         return point in self._by_point

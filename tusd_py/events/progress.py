@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ..core.ports import ProgressNote
+from ..core.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -132,9 +133,7 @@ class RedisProgressFeed:
             try:
                 yield queue
             finally:
-                announcing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await announcing
+                await cancel_and_wait(announcing)
                 if not self.local.watched(upload_id):
                     await self._unsubscribe(self.channel(upload_id))
 
@@ -199,11 +198,8 @@ class RedisProgressFeed:
             )
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+        await cancel_and_wait(self._reader)
+        self._reader = None
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from ..core.hooks import HookFailed, HookPoint, Hooks
 from ..core.ports import OutboxEvent, Repository
+from ..core.tasks import cancel_and_wait
 
 log = logging.getLogger("tusd_py.events")
 
@@ -64,11 +65,8 @@ class EventRelay:
             self._task = asyncio.create_task(self._run_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run_forever(self) -> None:
         while True:

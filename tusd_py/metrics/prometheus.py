@@ -23,7 +23,6 @@ scrape-time readings into those files every SAMPLE_INTERVAL seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import glob
 import logging
 import os
@@ -44,6 +43,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+
+from ..core.tasks import cancel_and_wait
 
 log = logging.getLogger("tusd_py.metrics")
 
@@ -331,11 +332,8 @@ class PrometheusMeter:
             self._sampler = asyncio.create_task(self._sample_forever())
 
     async def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
-            self._sampler = None
+        await cancel_and_wait(self._sampler)
+        self._sampler = None
         if self.multiprocess_dir is not None:
             # this worker's gauges leave with it; its counters still count
             mark_process_dead(os.getpid(), self.multiprocess_dir)

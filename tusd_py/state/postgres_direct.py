@@ -11,8 +11,7 @@ The connections come from psycopg_pool (autocommit, statement_timeout, FIFO wait
 deadline). Errors are raised as SQLAlchemy's exception classes, so the HTTP layer answers
 them as it does every other database error: a pool wait past its deadline is
 sqlalchemy.exc.TimeoutError (503), a lost or refused connection OperationalError (503),
-any other database error DBAPIError (500). CompiledStatement runs a single SQLAlchemy Core
-statement here (compiled for PostgreSQL once).
+any other database error DBAPIError (500).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
-from sqlalchemy.dialects import postgresql
 
 if TYPE_CHECKING:
     import psycopg
@@ -30,19 +28,6 @@ if TYPE_CHECKING:
 
 # psycopg and psycopg_pool are imported where a pool is made: a server on SQLite does not
 # carry them (about 17 MiB per process)
-
-
-class CompiledStatement:
-    """One SQLAlchemy Core statement as PostgreSQL text with named (pyformat) parameters."""
-
-    def __init__(self, statement: sa.ClauseElement) -> None:
-        compiled = statement.compile(dialect=postgresql.psycopg.dialect())  # type: ignore[no-untyped-call]
-        self.sql = str(compiled)
-        self.names = tuple(compiled.params)
-
-    def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The statement's parameters from `values` (a KeyError names a missing one)."""
-        return {name: values[name] for name in self.names}
 
 
 def connect_options(url: str, statement_timeout: float) -> dict[str, Any]:
@@ -104,17 +89,6 @@ class DirectStatements:
         stats = self.pool.get_stats()
         in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
         return self.pool.max_size, max(in_use, 0), stats.get("requests_waiting", 0)
-
-    async def fetch_one(
-        self, statement: CompiledStatement, values: Mapping[str, Any]
-    ) -> tuple[Any, ...] | None:
-        rows, _ = await self.run(statement.sql, statement.params(values), fetch=True)
-        return rows[0] if rows else None
-
-    async def execute(self, statement: CompiledStatement, values: Mapping[str, Any]) -> int:
-        """Run the statement: its row count."""
-        _, count = await self.run(statement.sql, statement.params(values), fetch=False)
-        return count
 
     async def run(
         self, sql: str, params: Mapping[str, Any], fetch: bool

@@ -55,6 +55,7 @@ from tusd_protocol.errors import UploadLocked
 from tusd_protocol.state import Upload, UploadStatus
 
 from ..core.ports import BackendUnavailable, Holding
+from ..core.tasks import cancel_and_wait
 from .local_locks import LocalLocks
 from .redis_cache import RedisStateCache, encode_upload
 
@@ -198,10 +199,7 @@ class RedisLocks:
         if self._letting_go:
             await asyncio.wait(self._letting_go, timeout=5)
         for task in (self._listener, self._renewer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
         self._listener = self._renewer = None
 
     def _start_renewer(self) -> None:
