@@ -198,6 +198,11 @@ class Store(abc.ABC):
     async def delete(self, upload_id: str, layout: Layout = EMPTY_LAYOUT) -> None:
         """Free the upload's storage; deleting what is not there is not an error."""
 
+    @abc.abstractmethod
+    def location(self, upload_id: str) -> dict[str, str]:
+        """Where the upload's bytes are, for a program that reads them without the server
+        (a hook's event carries it): `type` and what that type needs to find them."""
+
     async def discard(self, keys: Sequence[str]) -> None:
         """Remove objects a committed layout no longer needs (best effort)."""
 

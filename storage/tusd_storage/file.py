@@ -79,6 +79,10 @@ class FileStore(Store):
             raise StorageError(f"invalid upload id {upload_id!r}")
         return self.directory / upload_id
 
+    def location(self, upload_id: str) -> dict[str, str]:
+        # absolute: the reader runs elsewhere, in its own working directory
+        return {"type": "file", "path": os.path.abspath(self.path(upload_id))}
+
     async def create(self, upload_id: str, length: int | None) -> Layout:
         def make() -> None:
             fd = os.open(self.path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)

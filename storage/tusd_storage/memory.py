@@ -25,6 +25,9 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self.blobs: dict[str, bytearray] = {}
 
+    def location(self, upload_id: str) -> dict[str, str]:
+        return {"type": "memory", "id": upload_id}
+
     async def create(self, upload_id: str, length: int | None) -> Layout:
         if upload_id in self.blobs:
             raise StorageError(f"upload {upload_id} exists")

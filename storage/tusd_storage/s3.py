@@ -225,6 +225,16 @@ class S3Store(Store):
         future.add_done_callback(threadside)
         return outcome
 
+    def location(self, upload_id: str) -> dict[str, str]:
+        scheme = "https" if self.config.secure else "http"
+        return {
+            "type": "s3",
+            "endpoint": f"{scheme}://{self.config.endpoint}",
+            "region": self.config.region,
+            "bucket": self.config.bucket,
+            "key": self.key(upload_id),
+        }
+
     def key(self, upload_id: str) -> str:
         if not upload_id or "/" in upload_id:
             raise StorageError(f"invalid upload id {upload_id!r}")

@@ -217,6 +217,7 @@ def test_the_events_command_lists_retries_and_drops_what_waits(
     assert events_cli(server, "retry").returncode == 2  # neither ids nor --all-failed
 
 
+@pytest.mark.s3_too
 def test_events_reach_a_redis_stream_that_workers_read_with_a_consumer_group(
     server_factory: Any,
 ) -> None:
@@ -249,6 +250,16 @@ def test_events_reach_a_redis_stream_that_workers_read_with_a_consumer_group(
         assert finished["id"] == entries[1][1][b"id"].decode()
         assert finished["upload"]["id"] == upload_id(url)
         assert finished["upload"]["metadata"] == {"filename": "a.csv"}
+        storage = finished["upload"]["storage"]  # where a worker reads the bytes itself
+        if server.s3 is None:
+            assert storage["type"] == "file"
+            assert Path(storage["path"]).read_bytes() == b"abc"
+        else:
+            endpoint, prefix = server.s3
+            assert storage["type"] == "s3"
+            assert storage["key"] == prefix + upload_id(url)
+            assert storage["bucket"] == "tusd-test" and storage["endpoint"] == endpoint.url
+            assert endpoint.client().get_object("tusd-test", storage["key"]).read() == b"abc"
         assert client.xack(stream, "workers", *[entry_id for entry_id, _ in entries]) == 2
     finally:
         client.delete(stream)

@@ -76,6 +76,7 @@ def test_pre_create_replaces_the_metadata_and_tells_the_hook_what_the_client_ask
         "owner": None,
         "concat": "none",
         "partials": [],
+        "storage": None,  # not created yet
     }
     assert event["request"]["method"] == "POST"
     assert event["request"]["uri"].endswith("/files/")

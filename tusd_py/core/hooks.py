@@ -84,6 +84,8 @@ class HookUpload:
     concat: str = "none"
     #: the partial ids a final upload is made of
     partials: tuple[str, ...] = ()
+    #: where the store keeps the bytes (Store.location); None before the upload exists
+    storage: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def make_event(point: HookPoint, upload: HookUpload, caller: Caller) -> dict[str
             "owner": upload.owner,
             "concat": upload.concat,
             "partials": list(upload.partials),
+            "storage": None if upload.storage is None else dict(upload.storage),
         },
         "request": {
             "method": caller.method,

@@ -67,8 +67,12 @@ def metadata_texts(metadata: dict[str, bytes | None]) -> dict[str, str | None]:
     return {k: None if v is None else v.decode("utf-8", "replace") for k, v in metadata.items()}
 
 
-def hook_upload(upload: Upload, metadata: dict[str, bytes | None] | None = None) -> HookUpload:
-    """What a hook is told about a stored upload."""
+def hook_upload(
+    upload: Upload,
+    metadata: dict[str, bytes | None] | None = None,
+    storage: dict[str, str] | None = None,
+) -> HookUpload:
+    """What a hook is told about a stored upload (and, given `storage`, where its bytes are)."""
     if metadata is None and upload.metadata_header:
         metadata = parse_metadata(upload.metadata_header)
     return HookUpload(
@@ -78,6 +82,7 @@ def hook_upload(upload: Upload, metadata: dict[str, bytes | None] | None = None)
         metadata=metadata_texts(metadata or {}),
         owner=upload.owner,
         concat=upload.concat_kind.value,
+        storage=storage,
     )
 
 
@@ -290,7 +295,7 @@ class UploadService:
         )
         if status is UploadStatus.FINISHED and self.hooks.enabled(HookPoint.PRE_FINISH):
             # complete at birth (no bytes to come): refused, it is never created
-            finished = hook_upload(upload, plan.metadata)
+            finished = self._hook_upload(upload, plan.metadata)
             await self.hooks.call(HookPoint.PRE_FINISH, finished, caller)
         # a new upload is locked from birth: no one else knows its id yet, but taking the lock
         # first means that without a lock service nothing is created (503, not half an upload)
@@ -386,7 +391,7 @@ class UploadService:
             if watched:
                 feed.publish(ProgressNote(upload.id, offset + count, upload.length, "receiving"))
             if tell:
-                moved = hook_upload(replace(upload, offset=offset + count))
+                moved = self._hook_upload(replace(upload, offset=offset + count))
                 task = loop.create_task(
                     self._tell(make_event(HookPoint.POST_RECEIVE, moved, caller))
                 )
@@ -449,6 +454,11 @@ class UploadService:
         except HookFailed as exc:  # progress is told once: the next event says more anyway
             log.warning("post-receive for %s not told: %s", event["upload"]["id"], exc.detail)
 
+    def _hook_upload(
+        self, upload: Upload, metadata: dict[str, bytes | None] | None = None
+    ) -> HookUpload:
+        return hook_upload(upload, metadata, self.store.location(upload.id))
+
     def _events(
         self,
         point: HookPoint,
@@ -459,7 +469,7 @@ class UploadService:
         """The event of a notifying point for the outbox, when anything listens there."""
         if not self.hooks.enabled(point):
             return []
-        return [make_event(point, hook_upload(upload, metadata), caller)]
+        return [make_event(point, self._hook_upload(upload, metadata), caller)]
 
     async def _settle(self, holding: Holding, upload: Upload) -> None:
         """`upload` is now the database's record: the lock writes it to the cache as it is
@@ -550,7 +560,7 @@ class UploadService:
             )
             if self.hooks.enabled(HookPoint.PRE_FINISH):
                 try:
-                    await self.hooks.call(HookPoint.PRE_FINISH, hook_upload(finished), caller)
+                    await self.hooks.call(HookPoint.PRE_FINISH, self._hook_upload(finished), caller)
                 except HookRejected:
                     await self._fail(upload, stored, holding)
                     raise
@@ -676,7 +686,7 @@ class UploadService:
             rules.check_available(upload, self.clock())
             if self.hooks.enabled(HookPoint.PRE_TERMINATE) and not caller.operator:
                 # the lock is held across the hook: nothing can change the upload meanwhile
-                await self.hooks.call(HookPoint.PRE_TERMINATE, hook_upload(upload), caller)
+                await self.hooks.call(HookPoint.PRE_TERMINATE, self._hook_upload(upload), caller)
             layout = await self.layout_of(upload_id)
             terminated = replace(upload, status=UploadStatus.TERMINATED)
             events = self._events(HookPoint.POST_TERMINATE, terminated, caller)

@@ -105,6 +105,9 @@ class MeteredStore(Store):
     def room(self, layout: Layout, offset: int) -> int | None:
         return self.inner.room(layout, offset)
 
+    def location(self, upload_id: str) -> dict[str, str]:
+        return self.inner.location(upload_id)
+
     def read(
         self, upload_id: str, start: int, end: int, layout: Layout = EMPTY_LAYOUT
     ) -> AsyncIterator[bytes]:
