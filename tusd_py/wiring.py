@@ -117,7 +117,9 @@ class Runtime:
 
                 # a claim outlasts a delivery to each of the two deliveries, retries included
                 lease = 2 * self.settings.hooks_timeout + 30
-                self.relay = EventRelay(self.service.repository, hooks, lease)
+                self.relay = EventRelay(
+                    self.service.repository, hooks, lease, ensure_whole=self.service.ensure_whole
+                )
                 self.service.on_events = self.relay.nudge
                 self.relay.start()
             self.started = True

@@ -97,3 +97,66 @@ def test_an_event_is_tried_again_later_and_marked_failed_after_its_attempts(
     assert "could not be reached" in error
     assert seen[3][0] == 1 and seen[3][1] is not None  # tried again, pending again
     assert hooks.tries == 4
+
+
+class Taking:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def enabled(self, point: HookPoint) -> bool:
+        return True
+
+    async def deliver(self, point: HookPoint, event: Mapping[str, Any]) -> None:
+        self.log.append(f"{point.value} delivered")
+
+
+def test_post_finish_waits_until_the_store_made_the_bytes_whole(tmp_path: Path) -> None:
+    """A reader of `upload.storage` must find the object complete (S3): the relay has the
+    upload made whole first, and when that fails the event is not delivered yet."""
+    path = tmp_path / "state.db"
+    url = f"sqlite:///{path}"
+    upgrade_if_needed(url)
+    upload = Upload("w" * 22, UploadStatus.FINISHED, 10, 10)
+    events = [
+        make_event(point, HookUpload(id=upload.id, length=10), ANONYMOUS)
+        for point in (HookPoint.POST_CREATE, HookPoint.POST_FINISH)
+    ]
+    log: list[str] = []
+    store_down = [True]
+
+    async def ensure_whole(upload_id: str) -> None:
+        log.append(f"ensure_whole {upload_id[:1]}")
+        if store_down[0]:
+            raise ConnectionError("the S3 endpoint did not answer")
+
+    async def main() -> None:
+        database = Database(url)
+        repository = Repository(database)
+        relay = EventRelay(
+            repository,
+            Taking(log),  # type: ignore[arg-type]
+            lease_seconds=30,
+            ensure_whole=ensure_whole,
+        )
+        try:
+            await repository.insert(upload, {}, events=events)
+            assert await relay.run_once() == 2
+            assert log == ["post-create delivered", "ensure_whole w"]
+            assert outbox_rows(path) == [(None, 1), ("the S3 endpoint", 0)]
+            store_down[0] = False
+            make_due(path)
+            assert await relay.run_once() == 1
+            assert log[2:] == ["ensure_whole w", "post-finish delivered"]
+        finally:
+            await database.close()
+
+    run(main)
+
+
+def outbox_rows(path: Path) -> list[tuple[Any, ...]]:
+    """(the start of the last error, delivered) of each event, in the order written."""
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT last_error, delivered_at IS NOT NULL FROM events_outbox ORDER BY created_at"
+        ).fetchall()
+    return [(error and error.split(": ", 1)[1][:15], delivered) for error, delivered in rows]

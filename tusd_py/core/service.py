@@ -576,8 +576,6 @@ class UploadService:
             new_parts=stored.new_parts if stored else (),
             events=events,
         )
-        if new is not None and events:
-            self.on_events()
         if new is None:
             await self.cache.forget(upload.id)
             raise ServerFault("The upload changed under this request; nothing was acknowledged.")
@@ -590,8 +588,12 @@ class UploadService:
             # committed first, assembled second: a failed assembly is retried (GET, sweeper)
             # from the recorded parts, and no acknowledged byte depends on it
             await self.assemble(new)
-            if new.is_partial:
-                await self.complete_waiting_finals(new.id)
+        if events:
+            # after the assembly: post-finish is told once the bytes are whole (the relay
+            # would wait for them anyway, see ensure_whole)
+            self.on_events()
+        if new.status is UploadStatus.FINISHED and new.is_partial:
+            await self.complete_waiting_finals(new.id)
         return new
 
     async def _fail(self, upload: Upload, stored: Stored | None, holding: Holding) -> None:
@@ -622,6 +624,18 @@ class UploadService:
         if self.store.uses_layout and new_layout != layout:
             await self.repository.save_layout(upload.id, new_layout)
         return new_layout
+
+    async def ensure_whole(self, upload_id: str) -> None:
+        """Before post-finish is told: a finished upload's bytes are whole in the store,
+        where the event's `upload.storage` points a reader (S3: the multipart upload is
+        completed). Normally the finishing request did it already; after a crash, or while
+        that request is still at it, this does it or waits for it (under the lock)."""
+        if not self.store.uses_layout or (await self.layout_of(upload_id)).handle is None:
+            return
+        async with self.locks.hold(upload_id):
+            upload = await self.repository.get(upload_id)
+            if upload is not None and upload.status is UploadStatus.FINISHED:
+                await self.assemble(upload)
 
     # --- concatenation -----------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from ..core.hooks import HookFailed, HookPoint, Hooks
@@ -48,9 +49,13 @@ class EventRelay:
         hooks: Hooks,
         lease_seconds: float,
         poll_seconds: float = 1.0,
+        ensure_whole: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.repository = repository
         self.hooks = hooks
+        #: called with the upload's id before a post-finish event is delivered: its bytes
+        #: must be whole in the store first (UploadService.ensure_whole)
+        self.ensure_whole = ensure_whole
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
@@ -97,8 +102,12 @@ class EventRelay:
             await self._deliver(event.id, event.type, event.payload, event.attempts)
 
     async def _deliver(self, event_id: str, kind: str, payload: str, attempts: int) -> None:
+        point = HookPoint(kind)
+        event = json.loads(payload)
         try:
-            await self.hooks.deliver(HookPoint(kind), json.loads(payload))
+            if point is HookPoint.POST_FINISH and self.ensure_whole is not None:
+                await self._made_whole(event["upload"]["id"])
+            await self.hooks.deliver(point, event)
         except HookFailed as exc:
             give_up = attempts >= MAX_ATTEMPTS
             retry_at = None if give_up else datetime.now(UTC) + timedelta(seconds=backoff(attempts))
@@ -109,3 +118,10 @@ class EventRelay:
             await self.repository.event_not_delivered(event_id, exc.detail, retry_at)
         else:
             await self.repository.event_delivered(event_id)
+
+    async def _made_whole(self, upload_id: str) -> None:
+        assert self.ensure_whole is not None
+        try:
+            await self.ensure_whole(upload_id)
+        except Exception as exc:  # the store or the lock service is down: not yet
+            raise HookFailed(f"the upload's bytes are not whole in the store yet: {exc}") from exc

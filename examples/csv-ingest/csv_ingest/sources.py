@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 READ_BUFFER = 1 << 20
@@ -67,7 +67,24 @@ def _s3_object(storage: Mapping[str, str], credentials: S3Credentials | None) ->
     # the body streams from the socket as it is read (urllib3, preload_content off)
     response = client.get_object(storage["bucket"], storage["key"])
     try:
-        yield io.BufferedReader(response, READ_BUFFER)
+        yield io.BufferedReader(_Body(response), READ_BUFFER)
     finally:
         response.close()
         response.release_conn()
+
+
+class _Body(io.RawIOBase):
+    """An S3 object's body as a raw stream. urllib3's response is one too, but it reports
+    itself closed as soon as its last byte is read, and a BufferedReader on it then raises
+    instead of reading the end of the file."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._response.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
