@@ -632,6 +632,15 @@ class Settings:
         commands=[SERVE],
         help="Seconds between two `post-receive` events of one upload while its bytes arrive.",
     )
+    events_keep_delivered: float = option(
+        7 * 24 * 3600.0,
+        parse=seconds,
+        metavar="SECONDS",
+        commands=[SERVE],
+        help="Seconds a delivered event stays in the outbox (for `tusd-py events list "
+        "--status delivered`) before it is deleted. Pending and failed events are never "
+        "deleted by themselves.",
+    )
     hooks_forward_headers: tuple[str, ...] = option(
         (),
         parse=header_names,

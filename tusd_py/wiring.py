@@ -33,7 +33,7 @@ from .core.maintenance import Maintenance
 from .core.ports import NULL_METER, Meter, UploadCache, UploadLocks
 from .core.service import UploadService
 from .core.tasks import cancel_and_wait
-from .metrics.instrumented import MeteredLocks, MeteredStore
+from .metrics.instrumented import MeteredHooks, MeteredLocks, MeteredStore
 from .state import migrations
 from .state.database import Database
 from .state.host_locks import HostLocks
@@ -118,7 +118,12 @@ class Runtime:
                 # a claim outlasts a delivery to each of the two deliveries, retries included
                 lease = 2 * self.settings.hooks_timeout + 30
                 self.relay = EventRelay(
-                    self.service.repository, hooks, lease, ensure_whole=self.service.ensure_whole
+                    self.service.repository,
+                    hooks,
+                    lease,
+                    ensure_whole=self.service.ensure_whole,
+                    meter=self.service.meter,
+                    keep_delivered=self.settings.events_keep_delivered,
                 )
                 self.service.on_events = self.relay.nudge
                 self.relay.start()
@@ -252,6 +257,8 @@ def build_service(
         store = MeteredStore(store, meter)
         locks = MeteredLocks(locks, meter)
     hooks = build_hooks(settings, redis)
+    if meter is not NULL_METER and hooks is not NO_HOOKS:
+        hooks = MeteredHooks(hooks, meter)
     service = UploadService(
         store, Repository(database), limits, cache, locks, meter=meter, hooks=hooks
     )

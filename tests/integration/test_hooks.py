@@ -267,3 +267,32 @@ def test_an_upload_complete_at_birth_that_pre_finish_refuses_is_never_created(
     assert_error(post(http, 0, meta=metadata(filename="empty.bad")), 422, "ERR_CHECK")
     assert stored_uploads(hooked[0]) == set()
     assert create(http, 0, meta=metadata(filename="empty.txt"))  # the check passes
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+def test_hook_calls_are_timed_by_point_and_outcome_in_the_metrics(
+    hooked: tuple[ServerProcess, Path], http: httpx.Client
+) -> None:
+    from tests.integration.test_metrics import scrape
+
+    server = hooked[0]
+    assert_error(post(http, 10, meta=metadata(filename="setup.exe")), 422, "ERR_FILE_TYPE")
+    assert_error(post(http, 10, meta=metadata(filename="crash")), 500, "ERR_HOOK_FAILED")
+    url = create(http, 3, meta=metadata(filename="a.csv"))
+    assert patch(http, url, 0, b"abc").status_code == 204
+
+    def counted(hook: str, outcome: str) -> float:
+        return scrape(server).value("tusdpy_hook_seconds_count", hook=hook, outcome=outcome)
+
+    assert counted("pre-create", "rejected") == 1
+    assert counted("pre-create", "failed") == 1
+    assert counted("pre-create", "accepted") == 1
+    assert counted("pre-finish", "accepted") == 1
+    # the relay's delivery comes after the answer: wait for it
+    deadline = time.monotonic() + 10
+    while counted("post-finish", "delivered") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted("post-finish", "delivered") == 1
+    assert scrape(server).has("tusdpy_events_pending")

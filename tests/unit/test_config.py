@@ -64,6 +64,7 @@ SAMPLES: dict[str, tuple[str, Any, list[str]]] = {
     "hooks_timeout": ("2.5", 2.5, []),
     "hooks_retries": ("0", 0, []),
     "hooks_progress_interval": ("0.5", 0.5, []),
+    "events_keep_delivered": ("3600", 3600.0, []),
     "hooks_forward_headers": ("Authorization,X-Api-Key", ("authorization", "x-api-key"), []),
     "redis_pool_size": ("2", 2, []),
     "cache_ttl": ("0", 0.0, []),

@@ -160,3 +160,56 @@ def outbox_rows(path: Path) -> list[tuple[Any, ...]]:
             "SELECT last_error, delivered_at IS NOT NULL FROM events_outbox ORDER BY created_at"
         ).fetchall()
     return [(error and error.split(": ", 1)[1][:15], delivered) for error, delivered in rows]
+
+
+class Backlog:
+    def __init__(self) -> None:
+        self.readings: list[tuple[int, int]] = []
+
+    def events_backlog(self, pending: int, failed: int) -> None:
+        self.readings.append((pending, failed))
+
+
+def test_the_relay_counts_its_backlog_and_deletes_old_delivered_events(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    url = f"sqlite:///{path}"
+    upgrade_if_needed(url)
+    uploads = [Upload(c * 22, UploadStatus.RECEIVING, 0, 10) for c in "abc"]
+    meter = Backlog()
+
+    def made(upload: Upload) -> list[dict[str, Any]]:
+        return [make_event(HookPoint.POST_CREATE, HookUpload(id=upload.id), ANONYMOUS)]
+
+    async def main() -> None:
+        database = Database(url)
+        repository = Repository(database)
+        relay = EventRelay(
+            repository,
+            Taking([]),  # type: ignore[arg-type]
+            lease_seconds=30,
+            meter=meter,  # type: ignore[arg-type]
+            keep_delivered=3600,
+        )
+        try:
+            for upload in uploads:
+                await repository.insert(upload, {}, events=made(upload))
+            await relay.keep_house(now=0.0)
+            assert meter.readings == [(3, 0)]
+            assert await relay.run_once() == 3
+            with sqlite3.connect(path) as conn:  # two were delivered two hours ago
+                conn.execute(
+                    "UPDATE events_outbox SET delivered_at = '2000-01-01 00:00:00.000000' "
+                    "WHERE upload_id IN (?, ?)",
+                    (uploads[0].id, uploads[1].id),
+                )
+            await relay.keep_house(now=1.0)  # counted and pruned within their intervals
+            assert meter.readings == [(3, 0)]
+            assert len(await repository.list_events("all", 10)) == 3
+            await relay.keep_house(now=relay_module.PRUNE_INTERVAL)
+            assert meter.readings == [(3, 0), (0, 0)]
+            left = await repository.list_events("all", 10)
+            assert [row["upload_id"] for row in left] == [uploads[2].id]
+        finally:
+            await database.close()
+
+    run(main)

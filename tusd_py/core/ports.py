@@ -124,6 +124,12 @@ class Repository(Protocol):
     async def claim_events(self, limit: int, lease_seconds: float) -> Sequence[OutboxEvent]:
         """Up to `limit` due events, each claimed for `lease_seconds`, its attempt counted."""
 
+    async def event_counts(self) -> tuple[int, int]:
+        """How many events wait for delivery (pending), and how many gave up (failed)."""
+
+    async def prune_events(self, delivered_before: datetime) -> int:
+        """Delete the events delivered before then; how many were deleted."""
+
     async def event_delivered(self, event_id: str) -> None: ...
 
     async def event_not_delivered(
@@ -284,6 +290,13 @@ class Meter(Protocol):
     def admission_refused(self, reason: str) -> None:
         """A request was refused before its body was read (503/429/507)."""
 
+    def hook_called(self, point: str, outcome: str, seconds: float) -> None:
+        """A hook was called (accepted, rejected, failed) or an event delivered to the
+        hooks (delivered, failed)."""
+
+    def events_backlog(self, pending: int, failed: int) -> None:
+        """The outbox's events waiting for delivery, and those that gave up."""
+
 
 class NullMeter:
     """A Meter that keeps nothing: the default, and for tests."""
@@ -319,6 +332,12 @@ class NullMeter:
         pass
 
     def admission_refused(self, reason: str) -> None:
+        pass
+
+    def hook_called(self, point: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def events_backlog(self, pending: int, failed: int) -> None:
         pass
 
 

@@ -20,11 +20,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from ..core.hooks import HookFailed, HookPoint, Hooks
-from ..core.ports import OutboxEvent, Repository
+from ..core.ports import NULL_METER, Meter, OutboxEvent, Repository
 from ..core.tasks import cancel_and_wait
 
 log = logging.getLogger("tusd_py.events")
@@ -36,6 +38,13 @@ FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 300.0
 #: events claimed at a time
 BATCH = 20
+#: seconds between two counts of the backlog (tusdpy_events_pending, tusdpy_events_failed)
+COUNT_INTERVAL = 15.0
+#: seconds between two deletions of old delivered events
+PRUNE_INTERVAL = 600.0
+#: how long a delivered event is kept by default (a week: `tusd-py events list --status
+#: delivered` answers "was it told?" for that long)
+KEEP_DELIVERED = 7 * 24 * 3600.0
 
 
 def backoff(attempts: int) -> float:
@@ -50,12 +59,19 @@ class EventRelay:
         lease_seconds: float,
         poll_seconds: float = 1.0,
         ensure_whole: Callable[[str], Awaitable[None]] | None = None,
+        meter: Meter = NULL_METER,
+        keep_delivered: float = KEEP_DELIVERED,
     ) -> None:
         self.repository = repository
         self.hooks = hooks
         #: called with the upload's id before a post-finish event is delivered: its bytes
         #: must be whole in the store first (UploadService.ensure_whole)
         self.ensure_whole = ensure_whole
+        self.meter = meter
+        #: seconds a delivered event stays in the outbox (`tusd-py events list`)
+        self.keep_delivered = keep_delivered
+        self._counted_at = -math.inf
+        self._pruned_at = -math.inf
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
@@ -77,6 +93,7 @@ class EventRelay:
         while True:
             try:
                 claimed = await self.run_once()
+                await self.keep_house()
             except Exception:  # the database went away, say: try again at the next poll
                 log.exception("the event relay could not claim events")
                 claimed = 0
@@ -86,6 +103,20 @@ class EventRelay:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_seconds):
                     await self._wake.wait()
+
+    async def keep_house(self, now: float | None = None) -> None:
+        """Now and then: count the backlog for /metrics, and delete delivered events older
+        than `keep_delivered` (every instance does; deleting twice deletes nothing)."""
+        now = time.monotonic() if now is None else now
+        if now - self._counted_at >= COUNT_INTERVAL:
+            self._counted_at = now
+            self.meter.events_backlog(*await self.repository.event_counts())
+        if now - self._pruned_at >= PRUNE_INTERVAL:
+            self._pruned_at = now
+            before = datetime.now(UTC) - timedelta(seconds=self.keep_delivered)
+            pruned = await self.repository.prune_events(before)
+            if pruned:
+                log.info("deleted %d delivered events from the outbox", pruned)
 
     async def run_once(self) -> int:
         """Claim and deliver one batch of due events: how many were claimed."""

@@ -10,7 +10,7 @@ lock acquisition and counts a handover when the holder it handed out was asked t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from datetime import timedelta
 from time import perf_counter
 from types import TracebackType
@@ -20,6 +20,7 @@ from tusd_protocol.errors import UploadLocked
 from tusd_protocol.state import Upload
 from tusd_storage import EMPTY_LAYOUT, Appender, Layout, LiveUploads, Part, Source, Store, Stored
 
+from ..core.hooks import Caller, HookAnswer, HookPoint, HookRejected, Hooks, HookUpload
 from ..core.ports import Holding, Meter, UploadLocks
 
 T = TypeVar("T")
@@ -232,3 +233,40 @@ class MeteredLocks:
 
     async def stop(self) -> None:
         await self.inner.stop()
+
+
+class MeteredHooks:
+    """The configured hooks, each call and delivery timed with its outcome
+    (tusdpy_hook_seconds)."""
+
+    def __init__(self, inner: Hooks, meter: Meter) -> None:
+        self.inner = inner
+        self.meter = meter
+
+    def enabled(self, point: HookPoint) -> bool:
+        return self.inner.enabled(point)
+
+    async def call(self, point: HookPoint, upload: HookUpload, caller: Caller) -> HookAnswer:
+        started = perf_counter()
+        outcome = "failed"
+        try:
+            answer = await self.inner.call(point, upload, caller)
+            outcome = "accepted"
+            return answer
+        except HookRejected:
+            outcome = "rejected"
+            raise
+        finally:
+            self.meter.hook_called(point.value, outcome, perf_counter() - started)
+
+    async def deliver(self, point: HookPoint, event: Mapping[str, Any]) -> None:
+        started = perf_counter()
+        outcome = "failed"
+        try:
+            await self.inner.deliver(point, event)
+            outcome = "delivered"
+        finally:
+            self.meter.hook_called(point.value, outcome, perf_counter() - started)
+
+    async def close(self) -> None:
+        await self.inner.close()

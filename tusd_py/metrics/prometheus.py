@@ -152,6 +152,28 @@ class PrometheusMeter:
         )
         for reason in ADMISSION_REASONS:
             self._refusals.labels(reason)
+        self._hook_calls = Histogram(
+            "tusdpy_hook_seconds",
+            "Duration of hook calls and event deliveries, by hook point and outcome "
+            "(accepted, rejected, failed; delivered for notifying points).",
+            ["hook", "outcome"],
+            buckets=STORAGE_BUCKETS,
+            registry=r,
+        )
+        self._hook_children: dict[tuple[str, str], Any] = {}
+        self._events_pending = Gauge(
+            "tusdpy_events_pending",
+            "Events in the outbox waiting for delivery (the whole fleet's, as last counted).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._events_failed = Gauge(
+            "tusdpy_events_failed",
+            "Events in the outbox that gave up after their attempts and wait for an operator "
+            "(`tusd-py events retry`).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self._lock_waits = Histogram(
             "tusdpy_lock_wait_seconds",
             "Time taken to get an upload's lock, by outcome (acquired, timeout, busy, error).",
@@ -263,6 +285,17 @@ class PrometheusMeter:
 
     def admission_refused(self, reason: str) -> None:
         self._refusals.labels(reason).inc()
+
+    def hook_called(self, point: str, outcome: str, seconds: float) -> None:
+        key = (point, outcome)
+        child = self._hook_children.get(key)
+        if child is None:
+            child = self._hook_children[key] = self._hook_calls.labels(point, outcome)
+        child.observe(seconds)
+
+    def events_backlog(self, pending: int, failed: int) -> None:
+        self._events_pending.set(pending)
+        self._events_failed.set(failed)
 
     # --- the HTTP layer ----------------------------------------------------------------
 

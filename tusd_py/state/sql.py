@@ -437,6 +437,14 @@ class Repository:
         """Outbox rows, newest first: status pending, failed, delivered or all."""
         return await self.database.run_single(self._sql.list_events, status, limit)
 
+    async def event_counts(self) -> tuple[int, int]:
+        """How many events wait for delivery (pending), and how many gave up (failed)."""
+        return await self.database.run_single(self._sql.event_counts)
+
+    async def prune_events(self, delivered_before: datetime) -> int:
+        """Delete the events delivered before then; how many were deleted."""
+        return await self.database.run(self._sql.prune_events, delivered_before)
+
     async def retry_events(self, event_ids: Sequence[str], all_failed: bool) -> int:
         """Make these events (or every failed one) due now, with their attempts anew."""
         return await self.database.run(self._sql.retry_events, event_ids, all_failed)
@@ -664,6 +672,22 @@ class _Statements:
             query = query.where(_EVENT_STATUS[status])
         rows = conn.execute(query.order_by(events_outbox.c.created_at.desc()).limit(limit))
         return [dict(row._mapping) for row in rows]
+
+    def event_counts(self, conn: sa.Connection) -> tuple[int, int]:
+        def counted(condition: Any) -> Any:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        row = conn.execute(
+            sa.select(counted(_EVENT_STATUS["pending"]), counted(_EVENT_STATUS["failed"]))
+        ).one()
+        return int(row[0]), int(row[1])
+
+    def prune_events(self, conn: sa.Connection, delivered_before: datetime) -> int:
+        with conn.begin():
+            result = conn.execute(
+                events_outbox.delete().where(events_outbox.c.delivered_at < delivered_before)
+            )
+        return int(result.rowcount)
 
     def retry_events(self, conn: sa.Connection, event_ids: Sequence[str], all_failed: bool) -> int:
         chosen = _EVENT_STATUS["failed"] if all_failed else events_outbox.c.id.in_(event_ids)
