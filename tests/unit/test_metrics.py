@@ -56,7 +56,8 @@ def test_the_null_meter_takes_every_call_and_keeps_nothing() -> None:
     for name in meter_methods():
         parameters = list(inspect.signature(getattr(Meter, name)).parameters)[1:]
         arguments = {"count": 5, "seconds": 0.1, "outcome": "acquired", "operation": "create"}
-        arguments |= {"ok": True, "reason": "rate"}
+        arguments |= {"ok": True, "reason": "rate", "point": "pre-create", "pending": 3}
+        arguments |= {"failed": 1}
         assert getattr(NULL_METER, name)(*(arguments[p] for p in parameters)) is None
     assert isinstance(NULL_METER, NullMeter)
     assert vars(NULL_METER) == {}
@@ -91,6 +92,9 @@ def test_each_call_moves_its_series() -> None:
     meter.storage_call("finish", 0.5, False)
     meter.admission_refused("rate")
     meter.admission_refused("rate")
+    meter.hook_called("pre-create", "rejected", 0.003)
+    meter.hook_called("post-finish", "delivered", 0.2)
+    meter.events_backlog(7, 2)
     found = values(meter)
 
     def get(name: str, **labels: str) -> float:
@@ -110,6 +114,9 @@ def test_each_call_moves_its_series() -> None:
     assert get("tusdpy_storage_call_seconds_count", operation="finish", outcome="error") == 1
     assert get("tusdpy_admission_refusals_total", reason="rate") == 2
     assert get("tusdpy_admission_refusals_total", reason="concurrency") == 0
+    assert get("tusdpy_hook_seconds_count", hook="pre-create", outcome="rejected") == 1
+    assert get("tusdpy_hook_seconds_sum", hook="post-finish", outcome="delivered") == 0.2
+    assert (get("tusdpy_events_pending"), get("tusdpy_events_failed")) == (7, 2)
 
 
 def test_requests_are_counted_by_method_and_status_and_errors_by_code() -> None:
