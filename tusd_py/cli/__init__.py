@@ -1,4 +1,5 @@
-"""The tusd-py command: serve, migrate, gc (one module each), and bench.
+"""The tusd-py command: serve, migrate, gc, events, uploads (one module each), bench, and the
+client's upload, status, cancel and download (cli/upload.py).
 
 Every option of serve, migrate and gc comes from its declaration in tusd_py.config: the
 command line takes it as --<name>, the environment as TUSD_<NAME>, and the command line
@@ -27,7 +28,7 @@ from ..config import (
     environment_values,
     options_for,
 )
-from . import bench, events, gc, migrate, serve, uploads
+from . import bench, events, gc, migrate, serve, upload, uploads
 
 #: each command's module has HELP, DESCRIPTION and run(settings) -> exit status
 COMMANDS: dict[str, ModuleType] = {
@@ -96,10 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
             _add_option(command, declared)
         if hasattr(module, "add_arguments"):  # the command's own, beside the options
             module.add_arguments(command)
-    # listed in --help; main() hands its arguments to bench.main before Settings are built
+    # listed in --help; main() hands their arguments to bench.main and upload.main before
+    # Settings are built: they are clients, with options of their own
     bench.add_arguments(
         commands.add_parser(bench.NAME, help=bench.HELP, description=bench.DESCRIPTION)
     )
+    for name in upload.NAMES:
+        upload.add_arguments(name, commands.add_parser(name, help=upload.HELP[name]))
     return parser
 
 
@@ -131,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == [bench.NAME]:
         return bench.main(arguments[1:])
+    if arguments[:1] and arguments[0] in upload.NAMES:
+        return upload.main(arguments[0], arguments[1:])
     try:
         command, settings, own = parse_command(argv)
     except ValueError as exc:
