@@ -221,13 +221,18 @@ class UploadFlow:
         #: carries one keeps nothing (PROTOCOL.md 18), so with checksums the default is
         #: CHECKSUMMED_CHUNK rather than the whole rest
         self.chunk_size = job.chunk_size or (CHECKSUMMED_CHUNK if self.algorithm else None)
+        #: what chunk_size grows back to after it was cut down (see send_chunk)
+        self.full_chunk = self.chunk_size
+        #: failed requests in a row, without progress in between
+        self.failures = 0
         self.url: str | None = None
         self.offset = 0
         #: the length once known (a stream's is learnt at its end)
         self.length = job.size
         #: whether the server knows the length (a stream's is told with its last PATCH)
         self.length_told = job.size is not None
-        #: a stream: where the spooled bytes end
+        #: a stream: where the spooled bytes begin and end
+        self.spooled_start = 0
         self.spooled_end = 0
         #: the upload was resumed (not created by this flow)
         self.resumed = False
@@ -267,7 +272,7 @@ class UploadFlow:
                     )
                 filled = yield Read(self.offset, self.offset + (self.chunk_size or STREAM_CHUNK))
                 assert isinstance(filled, Filled)
-                self.spooled_end = filled.end
+                self.spooled_start, self.spooled_end = self.offset, filled.end
                 if filled.last:
                     self.length = filled.end
             yield from self.send_chunk()
@@ -316,16 +321,19 @@ class UploadFlow:
 
     def chunk_end(self, start: int) -> int:
         """Where the PATCH that begins at `start` ends."""
-        if not self.length_told:
-            return self.spooled_end  # a stream: what is spooled
-        assert self.length is not None
-        if self.chunk_size is None:
-            return self.length
-        return min(self.length, start + self.chunk_size)
+        end = self.spooled_end if not self.length_told else self.length
+        assert end is not None
+        return end if self.chunk_size is None else min(end, start + self.chunk_size)
 
     def send_chunk(self) -> Generator[Step, Reply | Filled | None, None]:
-        """One PATCH from the acknowledged offset; after a failure, a pause and the offset
-        learnt again (the next call sends from there)."""
+        """One PATCH from the acknowledged offset. After a failure: a pause, then the
+        offset learnt again with HEAD (the next call sends from there).
+
+        A request that carries a checksum keeps nothing when it is cut (PROTOCOL.md 18), so
+        on a line that drops every few MiB a large checksummed chunk would never get
+        through: a chunk lost whole halves the chunk size (down to MIN_CHUNK), and each
+        chunk that gets through doubles it again, up to the size asked for.
+        """
         assert self.url is not None
         start = self.offset
         body = Body(start, self.chunk_end(start))
@@ -333,26 +341,35 @@ class UploadFlow:
         telling = not self.length_told and self.length == body.end
         if telling:
             extra["Upload-Length"] = str(self.length)  # a stream's last PATCH
-        attempt = 0
-        while True:
-            reply = yield Call("PATCH", self.url, self.headers(**extra), body, self.sum(body))
-            assert isinstance(reply, Reply)
-            if reply.status == 204:
-                told = reply.header("upload-offset")
-                if told is None or not told.isdigit() or int(told) < start:
-                    raise UploadFailed(204, "ERR_BAD_OFFSET", "The server's answer has no offset.")
-                self.offset = int(told)
-                self.length_told = self.length_told or telling
-                return
-            if reply.status in (404, 410):
-                raise failure(reply, "The upload is gone")
-            attempt = yield from self.pause_or_fail(reply, attempt, "Sending bytes")
-            offset = yield from self.learn_offset(self.url)
-            if offset is None:
-                raise UploadFailed(404, "ERR_UPLOAD_GONE", "The upload is gone.")
-            if offset != start:
-                self.offset = offset
-                return  # bytes were kept (or the upload moved on): go on from there
+        reply = yield Call("PATCH", self.url, self.headers(**extra), body, self.sum(body))
+        assert isinstance(reply, Reply)
+        if reply.status == 204:
+            told = reply.header("upload-offset")
+            if told is None or not told.isdigit() or int(told) < start:
+                raise UploadFailed(204, "ERR_BAD_OFFSET", "The server's answer has no offset.")
+            self.offset = int(told)
+            self.length_told = self.length_told or telling
+            self.failures = 0
+            if self.chunk_size is not None and self.full_chunk is not None:
+                self.chunk_size = min(self.full_chunk, self.chunk_size * 2)
+            return
+        if reply.status in (404, 410):
+            raise failure(reply, "The upload is gone")
+        self.failures = yield from self.pause_or_fail(reply, self.failures, "Sending bytes")
+        offset = yield from self.learn_offset(self.url)
+        if offset is None:
+            raise UploadFailed(404, "ERR_UPLOAD_GONE", "The upload is gone.")
+        if offset > start:
+            self.failures = 0  # bytes were kept: progress
+        elif self.algorithm and self.chunk_size is not None:
+            self.chunk_size = max(MIN_CHUNK, (body.end - body.start) // 2)
+        if not self.length_told and offset < self.spooled_start:
+            raise UploadFailed(
+                0,
+                "ERR_STREAM_NOT_RESUMABLE",
+                f"The server went back to offset {offset}; those bytes of the stream are gone.",
+            )
+        self.offset = offset
 
     def learn_offset(self, url: str) -> Generator[Step, Reply | Filled | None, int | None]:
         """HEAD: the server's offset, or None when the upload is gone (or not ours)."""
@@ -391,6 +408,8 @@ class UploadFlow:
 STREAM_CHUNK = 8 * 1024 * 1024
 #: bytes per PATCH by default when each request carries a checksum
 CHECKSUMMED_CHUNK = 32 * 1024 * 1024
+#: the smallest a checksummed chunk is cut down to on a line that keeps dropping
+MIN_CHUNK = 256 * 1024
 
 
 def absolute(base: str, location: str) -> str:
