@@ -8,7 +8,8 @@ Backends: the state database and the byte store a server runs on.
 The suite starts the S3 servers itself. Modules opt in to the S3 backends with
 `pytestmark = pytest.mark.s3_too` (then they run on s3-rgw and s3-external; moto runs only the
 `s3_only` tests of the S3 store itself); tests that look at the file store's files say
-`@pytest.mark.file_store`.
+`@pytest.mark.file_store`; tests of what does not depend on the backend (the client's
+behaviour) say `@pytest.mark.any_backend` and run on SQLite only.
 
 With TUSD_TEST_REQUIRE_SERVICES=1 (as in CI) a missing PostgreSQL, Redis, RGW or node fails
 the test instead of skipping it, so a green run means every backend was exercised.
@@ -247,6 +248,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             ) and item.get_closest_marker("file_store") is None
         else:
             wanted = item.get_closest_marker("s3_only") is None
+        if item.get_closest_marker("any_backend") is not None:
+            wanted = chosen in (None, "sqlite")  # one run says it all (a client's behaviour)
         (keep if wanted else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

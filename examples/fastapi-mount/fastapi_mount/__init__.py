@@ -1,0 +1,1 @@
+"""tusd-py mounted inside a FastAPI application (see this directory's README)."""
