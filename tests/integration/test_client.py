@@ -363,3 +363,21 @@ def test_the_command_line_client_stays_small_while_uploading_a_gib(
     assert peak < 64 * MiB, f"peak RSS {peak / MiB:.1f} MiB"
     assert served_sha256(f"{server.files_url}{upload_id(out.strip())}") == digest
     source.unlink()
+
+
+def test_upload_of_200_mib_finishes_through_a_line_that_cuts_and_stalls(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """examples/flaky-network: the connection is cut every 2-6 MiB and stalls now and then;
+    `tusd-py upload` (checksums on, its defaults otherwise) still finishes, byte-identical."""
+    source = tmp_path / "mobile.bin"
+    digest = write_file(source, 200 * MiB, seed=9)
+    env = {"TUSD_PY_RESUME_STORE": str(tmp_path / "resume.sqlite3")}
+    with FlakyProxy(server.port, cut_every=4 * MiB, stall_chance=0.002, seed=11) as line:
+        run = cli("upload", str(source), "--endpoint", f"{line.url}/files/", env=env)
+        out, err = run.communicate(timeout=300)
+        cuts = line.cuts
+    assert run.returncode == 0, err
+    assert cuts >= 20
+    assert served_sha256(f"{server.files_url}{upload_id(out.strip())}") == digest
+    assert len(stored_uploads(server) - server.uploads_baseline) == 1
