@@ -390,6 +390,16 @@ class Settings:
         doc="With `*`, any web page a signed-in user visits could send requests in that "
         "user's name.",
     )
+    demo: bool = option(
+        False,
+        parse=boolean,
+        commands=[SERVE],
+        help="Serve a browser upload page (Uppy) at `/` that uploads to this server, with a "
+        "download link for each finished upload.",
+        doc="For trying the server out: the page needs no network beyond this server (its "
+        "files ship with tusd-py, under `/demo/`). Needs a `--base-path` other than `/` and "
+        "`/demo/`, whose URLs the page and its files would take.",
+    )
 
     # what an upload may be
     max_size: int = option(
@@ -892,6 +902,11 @@ class Settings:
             raise ValueError(
                 "--cors-allow-credentials needs an explicit --cors-origins list: with '*' any "
                 "web page a signed-in user visits could send requests in that user's name"
+            )
+        if self.demo and self.base_path in ("/", "/demo/"):
+            raise ValueError(
+                f"--demo needs a --base-path other than {self.base_path}: the demo page is at / "
+                "and its files under /demo/"
             )
         if self.events_redis_stream is not None and self.redis_url is None:
             raise ValueError(

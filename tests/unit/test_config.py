@@ -37,6 +37,7 @@ SAMPLES: dict[str, tuple[str, Any, list[str]]] = {
     "behind_proxy": ("yes", True, []),
     "cors_origins": ("https://a.test, https://b.test", ("https://a.test", "https://b.test"), []),
     "cors_allow_credentials": ("on", True, ["--cors-origins", "https://a.test"]),
+    "demo": ("yes", True, []),
     "max_size": ("1234", 1234, []),
     "expiration": ("60", 60.0, []),
     "data_dir": ("/srv/uploads", Path("/srv/uploads"), []),

@@ -20,6 +20,7 @@ from ..metrics.prometheus import PrometheusMeter
 from ..wiring import Runtime, build_admission, build_service, make_database, make_redis
 from . import fasthttp
 from .cors import CORSMiddleware
+from .demo import demo_routes
 from .endpoints import TusHandlers
 from .metrics import RequestMetrics, metrics_endpoint
 from .routes import TusRoutes
@@ -81,6 +82,8 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     ]
     if base != "/":
         routes.append(Route(base.rstrip("/"), handlers.collection, methods=ALL_METHODS))
+    if settings.demo:
+        routes += demo_routes(base)  # the browser upload page at / (serve --demo)
     app = Starlette(
         routes=routes,
         middleware=[
