@@ -173,6 +173,34 @@ def test_a_cancelled_upload_resumes_from_the_servers_offset_as_one_upload(
     assert store.find(_key(source), endpoint) is None
 
 
+def test_a_cancelled_parallel_upload_resumes_every_piece(
+    server: ServerProcess, store: ResumeStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "pieces.bin"
+    digest = write_file(source, 30 * MiB, seed=10)
+    stop = threading.Event()
+    options = UploadOptions(checksum="none", parallel=3, chunk_size=2 * MiB)
+    with FlakyProxy(server.port, rate=20 * MiB) as line:
+        endpoint = f"{line.url}/files/"
+        with TusClient(resume_store=store, retry=FAST_RETRY) as first, pytest.raises(Cancelled):
+            first.upload(
+                source,
+                endpoint,
+                options,
+                on_progress=lambda done, _: stop.set() if done >= 12 * MiB else None,
+                cancel=stop,
+            )
+        entry = store.find(_key(source), endpoint)
+        assert entry is not None and entry.url is None  # pieces started, not joined yet
+        assert len(entry.partials) == 3 and all(entry.partials)
+        with TusClient(resume_store=store, retry=FAST_RETRY) as second:
+            result = second.upload(source, endpoint, options)
+    assert result.resumed_from >= 6 * MiB
+    assert list(result.partials) == list(entry.partials)  # the same pieces, continued
+    assert served_sha256(f"{server.files_url}{upload_id(result.url)}") == digest
+    assert len(stored_uploads(server) - server.uploads_baseline) == 4  # 3 pieces + 1 final
+
+
 def client_offset(store: ResumeStore, source: Path, endpoint: str) -> int:
     entry = store.find(_key(source), endpoint)
     assert entry is not None and entry.url is not None

@@ -219,6 +219,7 @@ def test_resuming_goes_on_from_the_servers_offset() -> None:
     url, steps = run(upload.run(), server)
     assert calls(steps) == ["HEAD", "PATCH 600-1000"]
     assert upload.resumed and url == URL
+    assert upload.resumed_from == 600 and upload.offset == 1000
 
 
 @pytest.mark.parametrize("status", [403, 404, 410])

@@ -109,7 +109,7 @@ class AsyncTusClient:
                 await asyncio.to_thread(plan.finished)
                 flow = flows[0]
                 return UploadResult(
-                    flow.url or "", flow.length or 0, flow.offset if flow.resumed else 0
+                    flow.url or "", flow.length or 0, flow.resumed_from
                 )
             return await self._join(plan, flows, opened)
         except BaseExceptionGroup as group:  # one piece's error, as the sync client raises it
@@ -137,7 +137,7 @@ class AsyncTusClient:
             final = await self._drive(create_final(job, urls, self.rng), source, 0, None)
             await asyncio.to_thread(plan.final_created, final)
         await asyncio.to_thread(plan.finished)
-        resumed = sum(flow.offset for flow in flows if flow.resumed)
+        resumed = sum(flow.resumed_from for flow in flows)
         return UploadResult(final, plan.size or 0, resumed, tuple(urls))
 
     async def _run(
@@ -162,14 +162,14 @@ class AsyncTusClient:
     ) -> str:
         answer: Reply | Filled | None = None
         while True:
-            if flow is not None and on_moved is not None:
-                on_moved(flow.offset)
             try:
                 step = steps.send(answer)
             except StopIteration as stop:
                 if flow is not None and on_moved is not None:
                     on_moved(flow.offset)
                 return str(stop.value)
+            if flow is not None and on_moved is not None:
+                on_moved(flow.offset)  # what the server acknowledged, the answer read
             answer = None
             if isinstance(step, Call):
                 answer = await self._call(step, source, base, on_moved)

@@ -32,6 +32,8 @@ class UploadOptions:
     resume: bool = True
     #: None: the client's
     retry: RetryPolicy | None = None
+    #: the first chunk with the POST (creation-with-upload), when the server offers it
+    data_during_creation: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class UploadPlan:
             chunk_size=options.chunk_size,
             checksum=options.checksum,
             retry=options.retry or RetryPolicy(),
+            data_during_creation=options.data_during_creation,
         )
         self.ranges = self._ranges()
         if self.ranges is None:

@@ -116,7 +116,7 @@ class TusClient:
                 flow = UploadFlow(plan.jobs[0], capabilities, self.rng)
                 url = self._run(flow, opened, 0, plan, progress, stop)
                 plan.finished()
-                return UploadResult(url, flow.length or 0, flow.offset if flow.resumed else 0)
+                return UploadResult(url, flow.length or 0, flow.resumed_from)
             return self._parallel(plan, opened, capabilities, progress, stop)
         finally:
             opened.close()
@@ -165,7 +165,7 @@ class TusClient:
             final = self._drive(create_final(final_job, urls, self.rng), source, 0, None, cancel)
             plan.final_created(final)
         plan.finished()
-        resumed = sum(flow.offset for flow in flows if flow.resumed)
+        resumed = sum(flow.resumed_from for flow in flows)
         return UploadResult(final, plan.size or 0, resumed, tuple(urls))
 
     def _run(
@@ -197,14 +197,14 @@ class TusClient:
     ) -> str:
         answer: Reply | Filled | None = None
         while True:
-            if flow is not None and on_moved is not None:
-                on_moved(flow.offset)
             try:
                 step = steps.send(answer)
             except StopIteration as stop:
                 if flow is not None and on_moved is not None:
                     on_moved(flow.offset)
                 return str(stop.value)
+            if flow is not None and on_moved is not None:
+                on_moved(flow.offset)  # what the server acknowledged, the answer read
             answer = None
             if isinstance(step, Call):
                 answer = self._call(step, source, base, cancel, on_moved)
