@@ -118,6 +118,7 @@ class UploadPlan:
             ]
         #: the final upload of a parallel upload, when an earlier run created it
         self.final_url = entry.url if entry and self.ranges is not None else None
+        self._saving = threading.Lock()
 
     @property
     def parallel(self) -> bool:
@@ -142,11 +143,15 @@ class UploadPlan:
 
     def created(self, index: int, url: str) -> None:
         """Job `index` created its upload at `url`: remembered for a later run."""
-        if self.parallel:
-            self.partial_urls[index] = url
-            self._save(Entry(None, tuple(self.partial_urls)))
-        else:
-            self._save(Entry(url))
+        # pieces are created at once, from threads: each save must hold every URL known,
+        # so the list is changed and written under one lock (else an older list could be
+        # written last, and a piece be forgotten)
+        with self._saving:
+            if self.parallel:
+                self.partial_urls[index] = url
+                self._save(Entry(None, tuple(self.partial_urls)))
+            else:
+                self._save(Entry(url))
 
     def final_created(self, url: str) -> None:
         self.final_url = url
