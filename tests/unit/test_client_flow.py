@@ -111,15 +111,16 @@ def flow(size: int | None, caps: Capabilities = ALL, **job: object) -> UploadFlo
     return UploadFlow(UploadJob(EP, size, **job), caps, random.Random(1))  # type: ignore[arg-type]
 
 
-def test_a_file_is_created_with_its_first_chunk_and_the_rest_follows_in_chunks() -> None:
+def test_a_file_is_created_with_its_first_mib_and_the_rest_follows_in_chunks() -> None:
     mib = 1024 * 1024
     upload = flow(100 * mib, checksum="none", chunk_size=40 * mib)
     url, steps = run(upload.run(), Tus(100 * mib))
     assert url == URL
     assert calls(steps) == [
-        f"POST 0-{40 * mib}",
-        f"PATCH {40 * mib}-{80 * mib}",
-        f"PATCH {80 * mib}-{100 * mib}",
+        f"POST 0-{mib}",  # the first MiB only: a POST cut in its body loses its bytes
+        f"PATCH {mib}-{41 * mib}",
+        f"PATCH {41 * mib}-{81 * mib}",
+        f"PATCH {81 * mib}-{100 * mib}",
     ]
     assert Created(URL) in steps
     post = steps[0]
@@ -139,7 +140,8 @@ def test_checksums_prefer_xxh3_and_default_to_chunks_of_32_mib() -> None:
     assert upload.algorithm == "xxh3"
     _, steps = run(upload.run(), Tus(size))
     bodies = [s.body for s in steps if isinstance(s, Call) and s.body]
-    assert [b.end - b.start for b in bodies] == [CHECKSUMMED_CHUNK, CHECKSUMMED_CHUNK, 6 * 2**20]
+    mib = 2**20
+    assert [b.end - b.start for b in bodies] == [mib, CHECKSUMMED_CHUNK, CHECKSUMMED_CHUNK, 5 * mib]
     assert all(
         isinstance(s, Call) and s.checksum == "xxh3" for s in steps if getattr(s, "body", None)
     )
@@ -289,3 +291,15 @@ def test_the_final_upload_names_its_partials_and_is_retried() -> None:
     assert post.headers["Upload-Concat"] == "final;http://server/files/p1 http://server/files/p2"
     assert post.headers["Upload-Metadata"] == "filename YS5iaW4="
     assert isinstance(steps[1], Pause)
+
+
+def test_a_small_file_is_one_post_and_a_failed_post_is_retried_without_bytes() -> None:
+    _, steps = run(flow(1000, ALL, checksum="none").run(), Tus(1000))
+    assert calls(steps) == ["POST 0-1000"]
+    server = Tus(1000, failures={1: Reply(0, error="reset")})
+    _, steps = run(flow(1000, ALL, checksum="none").run(), server)
+    assert calls(steps) == ["POST 0-1000", "POST", "PATCH 0-1000"]
+    second = steps[2]
+    assert isinstance(second, Call) and "Content-Type" not in second.headers
+    _, steps = run(flow(1000, ALL, data_during_creation=False).run(), Tus(1000))
+    assert calls(steps) == ["POST", "PATCH 0-1000"]

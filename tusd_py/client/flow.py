@@ -204,10 +204,10 @@ class UploadJob:
     resume_url: str | None = None
     #: "partial" for a piece of a parallel upload
     concat: str | None = None
-    #: send the first chunk with the POST (creation-with-upload, when offered): one round
-    #: trip less for small files; off by default, as in tus-js-client, because a POST cut
-    #: in its body leaves an upload behind that the client never learns of
-    data_during_creation: bool = False
+    #: send the first bytes with the POST (creation-with-upload, when offered): a small
+    #: file needs one request. At most CREATION_BODY: a POST cut in its body loses its
+    #: bytes and leaves an upload behind that the client never learns the URL of
+    data_during_creation: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -311,7 +311,7 @@ class UploadFlow:
             and job.size
             and "creation-with-upload" in self.capabilities.extensions
         ):
-            body = Body(0, self.chunk_end(0))
+            body = Body(0, min(self.chunk_end(0), CREATION_BODY))
             extra["Content-Type"] = OFFSET_STREAM
         attempt = 0
         while True:
@@ -425,6 +425,8 @@ STREAM_CHUNK = 8 * 1024 * 1024
 CHECKSUMMED_CHUNK = 32 * 1024 * 1024
 #: the smallest a checksummed chunk is cut down to on a line that keeps dropping
 MIN_CHUNK = 256 * 1024
+#: the most bytes sent with the POST (creation-with-upload)
+CREATION_BODY = 1024 * 1024
 
 
 def absolute(base: str, location: str) -> str:

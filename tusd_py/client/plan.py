@@ -32,8 +32,8 @@ class UploadOptions:
     resume: bool = True
     #: None: the client's
     retry: RetryPolicy | None = None
-    #: the first chunk with the POST (creation-with-upload), when the server offers it
-    data_during_creation: bool = False
+    #: the first MiB with the POST (creation-with-upload), when the server offers it
+    data_during_creation: bool = True
 
 
 @dataclass(frozen=True)
