@@ -45,6 +45,13 @@ HELP = {
     "download": "download an upload to a file, resuming a partial download",
 }
 DONE, REFUSED, USAGE, UNREACHABLE, GONE, INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_STATUSES = """exit status:
+  0    done
+  1    the server refused (the message says why)
+  2    bad arguments, or a file that cannot be read
+  3    no answer, or the server kept failing, after every retry: run it again to resume
+  4    the upload does not exist, is gone, or is not yours
+  130  interrupted (Ctrl-C, SIGTERM): run it again to resume"""
 
 
 def _size(text: str) -> int:
@@ -152,7 +159,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def main(name: str, argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"tusd-py {name}", description=HELP[name])
+    parser = argparse.ArgumentParser(
+        prog=f"tusd-py {name}",
+        description=HELP[name],
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(name, parser)
     args = parser.parse_args(argv)
     client = TusClient(
