@@ -87,6 +87,11 @@ class FlakyProxy:
 
             async def stop() -> None:
                 server.close()
+                current = asyncio.current_task()
+                pending = [task for task in asyncio.all_tasks() if task is not current]
+                for task in pending:  # the connections still open: end them quietly
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
                 loop.stop()
 
             asyncio.run_coroutine_threadsafe(stop(), loop)

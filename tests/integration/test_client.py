@@ -411,3 +411,30 @@ def test_upload_of_200_mib_finishes_through_a_line_that_cuts_and_stalls(
     assert served_sha256(f"{server.files_url}{upload_id(out.strip())}") == digest
     # (a POST cut in its first MiB may leave an upload behind that the client never
     # learnt of; the server's expiry reclaims it)
+
+
+def test_ctrl_c_stops_the_upload_with_130_and_the_next_run_resumes(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    import signal
+
+    source = tmp_path / "interrupted.bin"
+    digest = write_file(source, 40 * MiB, seed=12)
+    env = {"TUSD_PY_RESUME_STORE": str(tmp_path / "resume.sqlite3")}
+    with FlakyProxy(server.port, rate=20 * MiB) as line:
+        endpoint = f"{line.url}/files/"
+        run = cli("upload", str(source), "-e", endpoint, "--chunk-size", "4MiB", env=env)
+        deadline = time.monotonic() + 30
+        while server_offset(tmp_path / "resume.sqlite3", source) < 8 * MiB:
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=30)
+        assert run.returncode == 130, err
+        assert "interrupted; run the same command again to resume" in err
+        kept = server_offset(tmp_path / "resume.sqlite3", source)
+        again = cli("upload", str(source), "-e", endpoint, env=env)
+        out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert f"resumed from {kept / MiB:.1f} MiB of 40.0 MiB" in err
+    assert served_sha256(f"{server.files_url}{upload_id(out.strip())}") == digest

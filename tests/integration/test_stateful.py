@@ -52,6 +52,7 @@ import pytest
 import xxhash
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from hypothesis.errors import FlakyStrategyDefinition
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -932,17 +933,30 @@ def run_machine(server: ServerProcess) -> None:
     FIRST_FAILURE.clear()
     started = time.monotonic()
     try:
-        run_state_machine_as_test(
-            machine,
-            settings=settings(
-                # every step against S3 costs round trips to the gateway: fewer examples
-                max_examples=EXAMPLES if server.s3 is None else max(5, EXAMPLES // 5),
-                stateful_step_count=STEPS,
-                deadline=None,
-                suppress_health_check=list(HealthCheck),
-                print_blob=True,
-            ),
-        )
+        for attempt in (1, 2, 3):
+            try:
+                run_state_machine_as_test(
+                    machine,
+                    settings=settings(
+                        # every step against S3 costs round trips to the gateway: fewer
+                        # examples
+                        max_examples=EXAMPLES if server.s3 is None else max(5, EXAMPLES // 5),
+                        stateful_step_count=STEPS,
+                        deadline=None,
+                        suppress_health_check=list(HealthCheck),
+                        print_blob=True,
+                    ),
+                )
+                break
+            except FlakyStrategyDefinition:
+                # The model adopts the server's offset after a cut connection, and how many
+                # bytes a cut kept depends on timing; later draws are bounded by that offset,
+                # so a choice sequence hypothesis replays can draw differently. That is the
+                # model's nature, not a server fault (every assertion still fails the test):
+                # run again, a few times at most.
+                if attempt == 3:
+                    raise
+                STATS["runs again after an inconsistent draw"] += 1
     except BaseException:
         if FIRST_FAILURE:
             print(f"--- first failure seen (it may not have replayed) ---\n{FIRST_FAILURE[0]}")

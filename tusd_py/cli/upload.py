@@ -25,17 +25,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..client import (
-    Cancelled,
-    ClientError,
-    ResumeStore,
-    RetryPolicy,
-    TusClient,
-    UploadFailed,
-    UploadOptions,
-)
+if TYPE_CHECKING:  # the client (httpx) is imported when a client command runs, not before:
+    # `tusd-py bench` must import nothing beyond the standard library
+    from ..client import TusClient, UploadFailed
 
 NAMES = ("upload", "status", "cancel", "download")
 HELP = {
@@ -167,6 +161,8 @@ def main(name: str, argv: Sequence[str]) -> int:
     )
     add_arguments(name, parser)
     args = parser.parse_args(argv)
+    from ..client import Cancelled, ClientError, RetryPolicy, TusClient, UploadFailed
+
     client = TusClient(
         headers=dict(args.header),
         timeout=args.timeout,
@@ -221,6 +217,8 @@ def _interruptible() -> Iterator[threading.Event]:
 
 
 def _upload(client: TusClient, args: argparse.Namespace, stop: threading.Event) -> int:
+    from ..client import ResumeStore, UploadOptions
+
     store = ResumeStore(args.resume_store) if args.resume else None
     client.store = store
     for name in args.files:

@@ -120,8 +120,13 @@ UNWATCHED = _Unwatched()
 
 
 def new_upload_id() -> str:
-    """128 random bits, URL-safe: unguessable, and safe as a file or object name."""
-    return secrets.token_urlsafe(16)
+    """128 random bits, URL-safe: unguessable, and safe as a file or object name. Never
+    with a leading '-', which command lines (`tusd-py uploads show ID`, `ls`, `rm`) would
+    take for an option."""
+    while True:
+        upload_id = secrets.token_urlsafe(16)
+        if not upload_id.startswith("-"):
+            return upload_id
 
 
 @dataclass(frozen=True)
