@@ -328,18 +328,22 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int, int | No
 
     def line(done: int, size: int | None) -> None:
         now = time.monotonic()
+        if "first" not in state and done > 0:
+            # a resumed upload's first figure is where it resumed: not this run's bytes
+            # (a new upload's is its first MiB sent: near enough for a rate)
+            state["first"], state["since"] = done, now
         complete = size is not None and done >= size
         if state["done"] == done or (now - state["at"] < 5 and not complete):
             return
         state["done"] = done
         state["at"] = now
-        print(_line(label, done, size, now - state["since"]), file=sys.stderr, flush=True)
+        rate = (done - state.get("first", 0)) / max(now - state["since"], 1e-9)
+        print(_line(label, done, size, rate), file=sys.stderr, flush=True)
 
     yield line
 
 
-def _line(label: str, done: int, size: int | None, elapsed: float) -> str:
-    rate = done / elapsed if elapsed > 0 else 0.0
+def _line(label: str, done: int, size: int | None, rate: float) -> str:
     of = "" if size is None else f" of {_human(size)} ({100 * done // max(size, 1)}%)"
     return f"{label}: {_human(done)}{of}, {_human(int(rate))}/s"
 
