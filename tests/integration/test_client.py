@@ -438,3 +438,52 @@ def test_ctrl_c_stops_the_upload_with_130_and_the_next_run_resumes(
     assert again.returncode == 0, err
     assert f"resumed from {kept / MiB:.1f} MiB of 40.0 MiB" in err
     assert served_sha256(f"{server.files_url}{upload_id(out.strip())}") == digest
+
+
+def test_upload_reads_standard_input_with_a_deferred_length(server: ServerProcess) -> None:
+    data = os.urandom(9 * MiB + 5)
+    run = subprocess.run(
+        [sys.executable, "-m", "tusd_py", "upload", "-", "-e", server.files_url,
+         "--chunk-size", "2MiB", "-m", "filename=dump.sql", "-H", "X-Trace: stdin-test"],
+        input=data,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    url = run.stdout.decode().strip()
+    assert hashlib.sha256(httpx.get(url, timeout=30).content).hexdigest() == (
+        hashlib.sha256(data).hexdigest()
+    )
+    assert httpx.head(url, headers=TUS).headers["upload-metadata"] == "filename ZHVtcC5zcWw="
+
+
+def test_cancelling_the_async_upload_task_keeps_what_was_acknowledged(
+    server: ServerProcess, store: ResumeStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "async-cancel.bin"
+    digest = write_file(source, 30 * MiB, seed=13)
+    options = UploadOptions(checksum="none", chunk_size=2 * MiB)
+
+    async def main(endpoint: str) -> int:
+        async with AsyncTusClient(resume_store=store, retry=FAST_RETRY) as tus:
+            reached = asyncio.Event()
+            task = asyncio.create_task(
+                tus.upload(
+                    source,
+                    endpoint,
+                    options,
+                    on_progress=lambda done, _: reached.set() if done >= 6 * MiB else None,
+                )
+            )
+            await asyncio.wait_for(reached.wait(), 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            result = await tus.upload(source, endpoint, options)
+            assert served_sha256(f"{server.files_url}{upload_id(result.url)}") == digest
+            return result.resumed_from
+
+    with FlakyProxy(server.port, rate=20 * MiB) as line:
+        resumed_from = asyncio.run(main(f"{line.url}/files/"))
+    assert resumed_from >= 4 * MiB
+    assert len(stored_uploads(server) - server.uploads_baseline) == 1

@@ -26,7 +26,6 @@ from .flow import (
     RetryPolicy,
     Step,
     UploadFlow,
-    UploadJob,
     create_final,
     is_retryable,
 )
@@ -36,11 +35,13 @@ from .sources import BLOCK, Source, open_source
 from .wire import (
     ANSWER_TEXT,
     PartialDownload,
+    TryAgain,
     UploadInfo,
     checksum_header,
     info_of,
     no_answer,
     reply_of,
+    total_of,
     tus_headers,
 )
 
@@ -107,10 +108,7 @@ class AsyncTusClient:
                     group.create_task(self._run(flow, opened, index, plan, progress))
             if not plan.parallel:
                 await asyncio.to_thread(plan.finished)
-                flow = flows[0]
-                return UploadResult(
-                    flow.url or "", flow.length or 0, flow.resumed_from
-                )
+                return plan.result(flows, flows[0].url or "")
             return await self._join(plan, flows, opened)
         except BaseExceptionGroup as group:  # one piece's error, as the sync client raises it
             raise group.exceptions[0] from None
@@ -127,18 +125,11 @@ class AsyncTusClient:
             if reply.status != 200:
                 final = None
         if final is None:
-            job = UploadJob(
-                endpoint=plan.endpoint,
-                size=plan.size,
-                metadata=plan.options.metadata,
-                headers=plan.options.headers,
-                retry=plan.options.retry or self.retry,
-            )
-            final = await self._drive(create_final(job, urls, self.rng), source, 0, None)
+            steps = create_final(plan.final_job(), urls, self.rng)
+            final = await self._drive(steps, source, 0, None)
             await asyncio.to_thread(plan.final_created, final)
         await asyncio.to_thread(plan.finished)
-        resumed = sum(flow.resumed_from for flow in flows)
-        return UploadResult(final, plan.size or 0, resumed, tuple(urls))
+        return plan.result(flows, final)
 
     async def _run(
         self, flow: UploadFlow, source: Source, index: int, plan: UploadPlan, progress: Progress
@@ -249,11 +240,10 @@ class AsyncTusClient:
             try:
                 async with self.http.stream("GET", url, headers=headers) as response:
                     if is_retryable(Reply(response.status_code)):
-                        raise _TryAgain(f"status {response.status_code}")
+                        raise TryAgain(f"status {response.status_code}")
                     start = await asyncio.to_thread(partial.begin, response)
                     if start is not None:
-                        length = response.headers.get("content-length")
-                        total = start + int(length) if length and length.isdigit() else None
+                        total = total_of(response, start)
                         with open(partial.part, "ab") as out:
                             async for block in response.aiter_bytes(BLOCK):
                                 await asyncio.to_thread(out.write, block)
@@ -263,15 +253,11 @@ class AsyncTusClient:
                                     on_progress(partial.have, total)
                 await asyncio.to_thread(partial.finish)
                 return partial.have
-            except (httpx.TransportError, _TryAgain) as exc:
+            except (httpx.TransportError, TryAgain) as exc:
                 attempt += 1
                 if attempt > self.retry.max_retries:
                     raise UploadFailed(0, "ERR_NO_ANSWER", f"Downloading: {exc}") from exc
                 await asyncio.sleep(self.retry.delay(attempt, no_answer(exc), self.rng))
-
-
-class _TryAgain(Exception):
-    """A download answer worth asking again (503, say)."""
 
 
 async def _body(

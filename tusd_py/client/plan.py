@@ -5,10 +5,10 @@ the resume store's."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from .flow import Capabilities, RetryPolicy, UploadJob, split
+from .flow import Capabilities, RetryPolicy, UploadFlow, UploadJob, split
 from .resume import Entry, ResumeStore, fingerprint
 from .sources import FileSource, Source
 
@@ -138,6 +138,23 @@ class UploadPlan:
         if self.store is None or self.key is None:
             return None
         return self.store.find(self.key, self.endpoint)
+
+    def final_job(self) -> UploadJob:
+        """The job of the POST that joins a parallel upload's pieces."""
+        return UploadJob(
+            endpoint=self.endpoint,
+            size=self.size,
+            metadata=self.options.metadata,
+            headers=self.options.headers,
+            retry=self.options.retry or RetryPolicy(),
+        )
+
+    def result(self, flows: Sequence[UploadFlow], url: str) -> UploadResult:
+        """What the caller is told once every flow (and, parallel, the join) is done."""
+        pieces = tuple(flow.url for flow in flows if flow.url) if self.parallel else ()
+        resumed = sum(flow.resumed_from for flow in flows)
+        size = self.size if self.size is not None else (flows[0].length or 0)
+        return UploadResult(url, size, resumed, pieces)
 
     # --- what the drivers report -----------------------------------------------------------
 

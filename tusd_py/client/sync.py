@@ -27,7 +27,6 @@ from .flow import (
     RetryPolicy,
     Step,
     UploadFlow,
-    UploadJob,
     create_final,
     is_retryable,
 )
@@ -37,11 +36,13 @@ from .sources import BLOCK, Source, open_source
 from .wire import (
     ANSWER_TEXT,
     PartialDownload,
+    TryAgain,
     UploadInfo,
     checksum_header,
     info_of,
     no_answer,
     reply_of,
+    total_of,
     tus_headers,
 )
 
@@ -116,7 +117,7 @@ class TusClient:
                 flow = UploadFlow(plan.jobs[0], capabilities, self.rng)
                 url = self._run(flow, opened, 0, plan, progress, stop)
                 plan.finished()
-                return UploadResult(url, flow.length or 0, flow.resumed_from)
+                return plan.result([flow], url)
             return self._parallel(plan, opened, capabilities, progress, stop)
         finally:
             opened.close()
@@ -155,18 +156,11 @@ class TusClient:
             if reply.status != 200:
                 final = None  # gone since (expired): join again
         if final is None:
-            final_job = UploadJob(
-                endpoint=plan.endpoint,
-                size=plan.size,
-                metadata=plan.options.metadata,
-                headers=plan.options.headers,
-                retry=plan.options.retry or self.retry,
-            )
-            final = self._drive(create_final(final_job, urls, self.rng), source, 0, None, cancel)
+            steps = create_final(plan.final_job(), urls, self.rng)
+            final = self._drive(steps, source, 0, None, cancel)
             plan.final_created(final)
         plan.finished()
-        resumed = sum(flow.resumed_from for flow in flows)
-        return UploadResult(final, plan.size or 0, resumed, tuple(urls))
+        return plan.result(flows, final)
 
     def _run(
         self,
@@ -316,10 +310,10 @@ class TusClient:
             try:
                 with self.http.stream("GET", url, headers=headers) as response:
                     if is_retryable(Reply(response.status_code)):
-                        raise _TryAgain(f"status {response.status_code}")
+                        raise TryAgain(f"status {response.status_code}")
                     start = partial.begin(response)
                     if start is not None:
-                        total = _total_of(response, start)
+                        total = total_of(response, start)
                         with open(partial.part, "ab") as out:
                             for block in response.iter_bytes(BLOCK):
                                 if cancel.is_set():
@@ -331,18 +325,10 @@ class TusClient:
                                     on_progress(partial.have, total)
                 partial.finish()
                 return partial.have
-            except (httpx.TransportError, _TryAgain) as exc:
+            except (httpx.TransportError, TryAgain) as exc:
                 attempt += 1
                 if attempt > self.retry.max_retries:
                     raise UploadFailed(0, "ERR_NO_ANSWER", f"Downloading: {exc}") from exc
                 if cancel.wait(self.retry.delay(attempt, no_answer(exc), self.rng)):
                     raise Cancelled("the download was cancelled") from exc
 
-
-def _total_of(response: httpx.Response, start: int) -> int | None:
-    length = response.headers.get("content-length")
-    return start + int(length) if length and length.isdigit() else None
-
-
-class _TryAgain(Exception):
-    """A download answer worth asking again (503, say)."""

@@ -148,3 +148,13 @@ def content_range_start(value: str) -> int | None:
     unit, _, rest = value.partition(" ")
     first = rest.split("-", 1)[0]
     return int(first) if unit == "bytes" and first.isdigit() else None
+
+
+class TryAgain(Exception):
+    """A download answer worth asking again (503, say)."""
+
+
+def total_of(response: httpx.Response, start: int) -> int | None:
+    """A download's whole size: where this answer starts, plus its Content-Length."""
+    length = response.headers.get("content-length")
+    return start + int(length) if length and length.isdigit() else None
