@@ -256,6 +256,14 @@ def main() -> int:
     parser.add_argument("--chunk", type=parse_size, default=parse_size("256KiB"))
     parser.add_argument("--verify", action="store_true", help="end each upload with a HEAD")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--warm-up",
+        type=int,
+        help="uploads sent to each server before the first round, not measured (default: a "
+        "quarter of --uploads; 0: none). The first measurement of a run was up to 20 %% "
+        "slower than the same server's later ones, whichever server it was: memory the "
+        "machine had not touched yet (tmpfs pages, PostgreSQL's buffers)",
+    )
     parser.add_argument("--processes", type=int, default=2, help="generator processes")
     parser.add_argument("--request-timeout", type=float, default=60.0)
     parser.add_argument(
@@ -367,6 +375,13 @@ def main() -> int:
                 ]
                 servers.append(LoggedServer(key, command, port, data, log))
 
+        warm_up = args.uploads // 4 if args.warm_up is None else args.warm_up
+        if warm_up > 0:
+            for server in servers:
+                measure(
+                    server, dataclasses.replace(workload, endpoint=server.endpoint, uploads=warm_up)
+                )
+            print(f"   warm-up: {warm_up} uploads to each server, not measured", flush=True)
         results: dict[str, list[dict[str, Any]]] = {s.key: [] for s in servers}
         for round_number in range(args.rounds):
             shift = round_number % max(len(servers), 1)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from tusd_protocol.rules import Limits
-from tusd_storage import FsyncPolicy
+from tusd_storage import FileIoMode, FsyncPolicy
 
 from .core.hooks import HookPoint
 
@@ -454,6 +454,16 @@ class Settings:
         "(a 204 survives a power loss), or `never` (left to the kernel: a 204 survives a crash "
         "of the server, not of the machine).",
         doc="S3 storage does not use it.",
+    )
+    file_io: FileIoMode = option(  # noqa: RUF009
+        FileIoMode.AUTO,
+        parse=one_of_enum(FileIoMode),
+        commands=[SERVE],
+        help="Where the file store's writes and flushes run: `auto` on the event loop while "
+        "the file system answers at memory speed and in worker threads while it does not, "
+        "`inline` always on the event loop, `threads` always in worker threads.",
+        doc="`threads` suits a file system known to stall (NFS, a busy shared disk); `auto` "
+        "finds a disk whose fsync takes milliseconds by itself. S3 storage does not use it.",
     )
     s3_endpoint: str = option(
         "s3.amazonaws.com",

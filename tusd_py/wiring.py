@@ -174,7 +174,10 @@ class Runtime:
 def build_store(settings: Settings) -> Store:
     if not settings.uses_s3:
         return FileStore(
-            settings.uploads_dir, settings.fsync, write_memory=settings.read_ahead_per_process
+            settings.uploads_dir,
+            settings.fsync,
+            write_memory=settings.read_ahead_per_process,
+            file_io=settings.file_io,
         )
     from tusd_storage.s3 import S3Config, S3Store
 
@@ -309,6 +312,7 @@ def make_redis(settings: Settings) -> Redis:
     """A pool that makes a request wait at most db_pool_timeout for a connection, and
     sockets that give up on an unreachable Redis in seconds, not minutes."""
     from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.driver_info import DriverInfo
 
     assert settings.redis_url is not None
     pool = BlockingConnectionPool.from_url(
@@ -317,6 +321,9 @@ def make_redis(settings: Settings) -> Redis:
         timeout=settings.db_pool_timeout,
         socket_connect_timeout=2,
         socket_timeout=5,
+        # resolved once: left to redis-py, every new connection asks importlib.metadata for
+        # its version (1 % of a worker's time while a burst of requests fills the pool)
+        driver_info=DriverInfo(),
     )
     return Redis(connection_pool=pool)
 

@@ -18,7 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tusd_storage import Capability, FileStore, FsyncPolicy, LiveUploads, Source, StorageError
+from tusd_storage import (
+    Capability,
+    FileIoMode,
+    FileStore,
+    FsyncPolicy,
+    LiveUploads,
+    Source,
+    StorageError,
+)
 from tusd_storage import file as file_module
 
 ID = "abcdefghijklmnop"
@@ -48,9 +56,18 @@ def create(store: FileStore, upload_id: str = ID, length: int | None = None) -> 
     asyncio.run(store.create(upload_id, length))
 
 
-@pytest.fixture(params=[FsyncPolicy.ALWAYS, FsyncPolicy.NEVER])
+@pytest.fixture(
+    params=[
+        (FsyncPolicy.ALWAYS, FileIoMode.INLINE),
+        (FsyncPolicy.ALWAYS, FileIoMode.THREADS),
+        (FsyncPolicy.NEVER, FileIoMode.INLINE),
+        (FsyncPolicy.NEVER, FileIoMode.THREADS),
+    ],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def store(tmp_path: Path, request: pytest.FixtureRequest) -> FileStore:
-    return FileStore(tmp_path / "uploads", fsync=request.param)
+    fsync, file_io = request.param
+    return FileStore(tmp_path / "uploads", fsync=fsync, file_io=file_io)
 
 
 def test_declares_its_capabilities() -> None:
@@ -541,7 +558,7 @@ def test_a_slow_clients_bytes_reach_the_file_without_waiting_for_a_full_batch(
         await appender.write(b"a" * 1024)
         await asyncio.sleep(0.06)
         await appender.write(b"b" * 1024)
-        await asyncio.sleep(0.05)  # the write runs in a worker thread
+        await asyncio.sleep(0.05)  # time for a write in a worker thread
         assert (store.directory / ID).read_bytes() == b"a" * 1024 + b"b" * 1024
         assert store.write_budget.used == 0  # nothing of it is held any more
         await appender.write(b"c" * 1024)  # young: it waits for more, or for close

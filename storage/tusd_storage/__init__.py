@@ -14,12 +14,14 @@ from .base import (
     Stored,
 )
 from .file import FileStore, FsyncPolicy
+from .file_calls import FileIoMode
 from .memory import MemoryStore
 
 __all__ = [
     "EMPTY_LAYOUT",
     "Appender",
     "Capability",
+    "FileIoMode",
     "FileStore",
     "Fragment",
     "FsyncPolicy",

@@ -1,9 +1,10 @@
 """FileStore: an upload is one file in a directory.
 
 Bytes go from the request straight to the file: chunks are gathered (by reference, never
-copied) into batches written with one pwritev each, off the event loop, and the next batch
-is collected while the previous one is being written. Memory per request is bounded by
-two batches, whatever the chunk or upload size.
+copied) into batches written with one pwritev each. Memory per request is bounded by two
+batches, whatever the chunk or upload size. Writes and flushes run on the event loop while
+the file system answers at memory speed, in worker threads while it does not (file_calls.py);
+in threads, the next batch is collected while the previous one is being written.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .base import (
     Stored,
 )
 from .buffers import ByteBudget
+from .file_calls import FileCalls, FileIoMode
 
 BATCH_BYTES = 1024 * 1024
 #: bytes received and not yet written, all requests of the process together (see FileAppender)
@@ -66,10 +68,13 @@ class FileStore(Store):
         directory: Path | str,
         fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
         write_memory: int = WRITE_MEMORY,
+        file_io: FileIoMode = FileIoMode.AUTO,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        #: where writes and flushes run: inline or in worker threads
+        self.calls = FileCalls(file_io)
         #: what every appender's batches and writes in flight draw from
         self.write_budget = ByteBudget(write_memory)
 
@@ -89,7 +94,7 @@ class FileStore(Store):
             os.close(fd)
             self._sync_directory()
 
-        await asyncio.to_thread(make)
+        await self.calls.sync.run(0, make)
         return EMPTY_LAYOUT
 
     def appender(
@@ -99,7 +104,7 @@ class FileStore(Store):
         layout: Layout = EMPTY_LAYOUT,
         length: int | None = None,
     ) -> Appender:
-        return FileAppender(self.path(upload_id), offset, self.fsync, self.write_budget)
+        return FileAppender(self.path(upload_id), offset, self.fsync, self.write_budget, self.calls)
 
     async def read(
         self, upload_id: str, start: int, end: int, layout: Layout = EMPTY_LAYOUT
@@ -151,7 +156,7 @@ class FileStore(Store):
                 if self.fsync is FsyncPolicy.ALWAYS:
                     os.fsync(handle.fileno())
 
-        await asyncio.to_thread(settle)
+        await self.calls.sync.run(0, settle)
         return layout
 
     async def delete(self, upload_id: str, layout: Layout = EMPTY_LAYOUT) -> None:
@@ -161,7 +166,7 @@ class FileStore(Store):
             except FileNotFoundError:
                 pass
 
-        await asyncio.to_thread(remove)
+        await self.calls.sync.run(0, remove)
 
     async def collect_garbage(self, live: LiveUploads, min_age: timedelta) -> int:
         """Remove the files of uploads the database does not keep (never recorded: the
@@ -227,8 +232,8 @@ def _copy_range(in_fd: int, out_fd: int, length: int) -> None:
 
 
 class FileAppender(Appender):
-    """Appends a request's bytes in batches of up to BATCH_BYTES, each written by a worker
-    thread while the next one fills.
+    """Appends a request's bytes in batches of up to BATCH_BYTES, each written inline or,
+    while writes are slow, by a worker thread while the next one fills.
 
     Every byte in a batch or a write in flight counts against the store's write budget.
     Without it, memory grew with concurrency: each of 500 requests held its whole 256 KiB
@@ -238,9 +243,15 @@ class FileAppender(Appender):
     connection, whose reading pauses: backpressure to the client."""
 
     def __init__(
-        self, path: Path, offset: int, fsync: FsyncPolicy, budget: ByteBudget | None = None
+        self,
+        path: Path,
+        offset: int,
+        fsync: FsyncPolicy,
+        budget: ByteBudget | None = None,
+        calls: FileCalls | None = None,
     ) -> None:
         self._budget = budget if budget is not None else ByteBudget(WRITE_MEMORY)
+        self._calls = calls if calls is not None else FileCalls()
         self._path = path
         self._fd: int | None = None
         self._position = offset
@@ -296,11 +307,18 @@ class FileAppender(Appender):
         except BaseException:
             self._budget.release(charge)
             raise
-        self._pending = asyncio.ensure_future(self._write(fd, batch, position, charge))
+        lane = self._calls.write
+        if lane.inline():
+            try:
+                await lane.run(self._position - position, _pwrite_all, fd, batch, position)
+            finally:
+                self._budget.release(charge)
+        else:
+            self._pending = asyncio.ensure_future(self._write(fd, batch, position, charge))
 
     async def _write(self, fd: int, batch: list[bytes], position: int, charge: int) -> None:
         try:
-            await asyncio.to_thread(_pwrite_all, fd, batch, position)
+            await self._calls.write.in_thread(_pwrite_all, fd, batch, position)
         finally:
             self._budget.release(charge)
 
@@ -311,7 +329,7 @@ class FileAppender(Appender):
                 pending, self._pending = self._pending, None
                 await pending
             if self._fd is not None and self._fsync is FsyncPolicy.ALWAYS:
-                await asyncio.to_thread(os.fsync, self._fd)
+                await self._calls.sync.run(0, os.fsync, self._fd)
         finally:
             self._close_fd()
         return Stored(self._position - self._start)

@@ -26,7 +26,7 @@ from tusd_py.config import (
     settings_from_json,
     settings_to_json,
 )
-from tusd_storage import FsyncPolicy
+from tusd_storage import FileIoMode, FsyncPolicy
 
 #: for every option: text that sets it, the value that text means (not the default), and
 #: what else must be set for the settings to be accepted
@@ -43,6 +43,7 @@ SAMPLES: dict[str, tuple[str, Any, list[str]]] = {
     "data_dir": ("/srv/uploads", Path("/srv/uploads"), []),
     "storage": ("s3://bucket/prefix/", "s3://bucket/prefix/", []),
     "fsync": ("never", FsyncPolicy.NEVER, []),
+    "file_io": ("threads", FileIoMode.THREADS, []),
     "s3_endpoint": ("minio.test:9000", "minio.test:9000", []),
     "s3_region": ("eu-west-1", "eu-west-1", []),
     "s3_access_key": ("AKIA", "AKIA", []),

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -555,6 +556,8 @@ def test_a_lock_is_kept_for_the_uploads_next_request_then_given_back_with_its_st
             async with locks.hold(ID) as holding:
                 assert holding.keeps_state
                 assert await client.get(locks.key(ID)) == token  # the same lease, no new take
+                # the holder starts from the state the lock was kept with (no database read)
+                assert holding.settled == make(version=1, offset=10)
                 holding.settled = make(version=2, offset=20)
             assert locks.reused == 1
             await asyncio.sleep(0.15)
@@ -641,5 +644,75 @@ def test_lock_without_a_caching_cache_leaves_the_cache_to_the_holder(
         finally:
             await locks.stop()
             await client.aclose()
+
+    run(main)
+
+
+def test_requests_that_take_a_kept_lock_read_nothing_from_the_database(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """An upload's requests in the process that keeps its lock start from the kept state: no
+    other instance can have written the upload meanwhile. The database is read again only by
+    a request that takes the lock from Redis (here: another instance's)."""
+    from tusd_protocol.commands import Append, Body, Create
+    from tusd_protocol.rules import Limits
+    from tusd_py.core.service import UploadService
+    from tusd_py.state.database import Database
+    from tusd_py.state.migrations import upgrade
+    from tusd_py.state.sql import Repository
+    from tusd_storage import MemoryStore
+
+    database_url = f"sqlite:///{tmp_path / 'state.db'}"
+    upgrade(database_url)
+
+    def body(data: bytes) -> Any:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        return receive
+
+    async def main() -> None:
+        database = Database(database_url)
+        repository = Repository(database)
+        reads: list[str] = []
+        read = repository.get
+
+        async def counted_read(upload_id: str) -> Upload | None:
+            reads.append(upload_id)
+            return await read(upload_id)
+
+        repository.get = counted_read  # type: ignore[method-assign]
+        store = MemoryStore()
+        clients = [Redis.from_url(redis_url) for _ in range(2)]
+        caches = [RedisStateCache(client, prefix=prefix) for client in clients]
+        locks = [
+            RedisLocks(client, prefix=prefix, cache=cache)
+            for client, cache in zip(clients, caches, strict=True)
+        ]
+        one, two = (
+            UploadService(store, repository, Limits(), cache, lock)
+            for cache, lock in zip(caches, locks, strict=True)
+        )
+        try:
+            for lock in locks:
+                await lock.start()
+            upload = await one.create(Create(length=30), body(b""), "/files/", frozenset())
+            for offset in (0, 10):
+                upload = await one.append(upload.id, Append(offset, Body(10)), body(b"x" * 10))
+            assert upload.offset == 20
+            assert reads == []
+            assert locks[0].reused == 2
+            # another instance asks: the kept lock goes to it, and it reads the database
+            upload = await two.append(upload.id, Append(20, Body(10)), body(b"y" * 10))
+            assert upload.status is UploadStatus.FINISHED
+            assert reads == [upload.id]
+            stored = b"".join([b async for b in store.read(upload.id, 0, 30)])
+            assert stored == b"x" * 20 + b"y" * 10
+        finally:
+            for lock in locks:
+                await lock.stop()
+            for client in clients:
+                await client.aclose()
+            await database.close()
 
     run(main)

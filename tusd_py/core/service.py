@@ -207,10 +207,14 @@ class UploadService:
         return upload
 
     async def load_for_write(self, upload_id: str, holding: Holding | None = None) -> Upload:
-        """The upload as the database has it, for a request that holds its lock: from the
-        cache when every commit goes through it, else from the database (a cache that other
-        instances also write may lag behind; this read refreshes it, now or as the lock is
-        released)."""
+        """The upload as the database has it, for a request that holds its lock: the state
+        its lock was kept with, or from the cache when every commit goes through it, else
+        from the database (a cache that other instances also write may lag behind; this
+        read refreshes it, now or as the lock is released)."""
+        if holding is not None and holding.settled is not None:
+            # the lock came with the state it was kept with (RedisLocks keeps a lock between
+            # an upload's requests): that is the database's record
+            return holding.settled
         if self.cache.authoritative:
             upload = await self.load(upload_id)
         else:

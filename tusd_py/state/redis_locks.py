@@ -28,8 +28,9 @@ two. A kept lock is given back, with its state for the cache, when it has been i
 KEEP_SECONDS, when another instance asks for the upload (at once: no request is holding
 it), when the upload no longer expects bytes, when a renewal fails (Redis away: the next
 request asks Redis, and answers 503 while it is away), and at shutdown. A request that
-writes still decides on the database's record; a HEAD in the keeping process answers from
-the kept state (kept_state), which no other instance can have moved, since the lock is ours.
+that takes a kept lock starts from the kept state (Holding.settled), and a HEAD in the
+keeping process answers from it (kept_state): no other instance can have moved the upload,
+since the lock is ours. Only a request that takes the lock from Redis reads the database.
 
 Handover: a newcomer that finds the key taken publishes the upload id on one channel that
 every instance listens to. The instance that holds the upload asks its holder to let go
@@ -251,6 +252,11 @@ class RedisLocks:
                 await self._acquire(upload_id, token, holding, wait, deadline)
                 lease = _Lease(token, holding, loop.time())
                 self._leases[upload_id] = lease
+            else:
+                # kept since its last holder read or committed it, and no other instance
+                # can have written it meanwhile (every writer holds the lock): the
+                # database's record, without asking the database
+                holding.settled = lease.settled
             lease.holding = holding
             holding.keeps_state = self.cache is not None
             self._start_renewer()  # normally running since start(); never two
