@@ -127,37 +127,60 @@ def test_run_says_where_the_call_ran() -> None:
 # --- the store ------------------------------------------------------------------------------
 
 
-def upload(store: FileStore, upload_id: str, body: bytes, chunk: int) -> int:
+def upload(store: FileStore, upload_id: str, body: bytes, chunk: int, request: int = 0) -> int:
+    """Create the upload, then send `body` in PATCHes of `request` bytes (default: one),
+    each in slices of `chunk` bytes; the stored size."""
+    request = request or len(body)
+
     async def main() -> int:
         await store.create(upload_id, len(body))
-        appender = store.appender(upload_id, 0)
-        for start in range(0, len(body), chunk):
-            await appender.write(body[start : start + chunk])
-        return (await appender.close()).size
+        for offset in range(0, len(body), request):
+            appender = store.appender(upload_id, offset)
+            for start in range(offset, min(offset + request, len(body)), chunk):
+                await appender.write(body[start : min(start + chunk, offset + request)])
+            await appender.close()
+        return store.path(upload_id).stat().st_size
 
     return asyncio.run(main())
 
 
-def test_on_a_fast_file_system_no_call_leaves_the_event_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # "fast" made generous: a loaded machine must not make this test's disk look slow
+@pytest.fixture
+def generous(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "Fast" made generous: a loaded machine must not make the test's disk look slow."""
     monkeypatch.setattr(file_calls, "FLOOR", 1.0)
     monkeypatch.setattr(file_calls, "STALL", 10.0)
+
+
+@pytest.mark.usefixtures("generous")
+def test_on_a_fast_file_system_patches_of_one_batch_never_leave_the_event_loop(
+    tmp_path: Path,
+) -> None:
     store = FileStore(tmp_path, FsyncPolicy.ALWAYS)  # auto
-    body = bytes(range(256)) * 16 * 1024  # 4 MiB: four 1 MiB batches
-    assert upload(store, "fastfastfastfast", body, 64 * 1024) == len(body)
+    body = bytes(range(256)) * 16 * 1024  # 4 MiB in four PATCHes of 1 MiB
+    assert upload(store, "fastfastfastfast", body, 64 * 1024, request=MiB) == len(body)
     assert (tmp_path / "fastfastfastfast").read_bytes() == body
     assert store.calls.write.thread_calls == 0 and store.calls.write.inline_calls == 4
-    assert store.calls.sync.thread_calls == 0 and store.calls.sync.inline_calls == 2
+    # the create's directory flush and one flush per PATCH
+    assert store.calls.sync.thread_calls == 0 and store.calls.sync.inline_calls == 5
+
+
+@pytest.mark.usefixtures("generous")
+def test_a_long_body_is_a_stream_whose_writes_overlap_with_reading(tmp_path: Path) -> None:
+    """Batches after a body's first go to a worker thread while the next one fills (one
+    1 GiB PATCH ran at half the speed with every batch inline); the last is written inline."""
+    store = FileStore(tmp_path, FsyncPolicy.ALWAYS)
+    body = bytes(range(256)) * (18 * 1024)  # 4.5 MiB in one PATCH: 5 batches
+    assert upload(store, "streamstreamstre", body, 64 * 1024) == len(body)
+    assert (tmp_path / "streamstreamstre").read_bytes() == body
+    assert store.calls.write.inline_calls == 2  # the first and the last
+    assert store.calls.write.thread_calls == 3
 
 
 def test_slow_writes_move_to_threads_and_every_byte_still_lands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A disk that takes 50 ms per 64 KiB write (1.3 MB/s): after SLOW_CALLS inline writes
-    the rest run in worker threads, in order, each at its offset."""
-    monkeypatch.setattr(file_module, "BATCH_BYTES", 64 * 1024)
+    the rest run in worker threads, each at its offset."""
     pwrite_all = file_module._pwrite_all
     threads: set[str] = set()
 
@@ -168,8 +191,8 @@ def test_slow_writes_move_to_threads_and_every_byte_still_lands(
 
     monkeypatch.setattr(file_module, "_pwrite_all", slow_pwrite_all)
     store = FileStore(tmp_path, FsyncPolicy.NEVER)
-    body = bytes(range(256)) * 4 * 1024  # 1 MiB: 16 writes
-    assert upload(store, "slowslowslowslow", body, 64 * 1024) == len(body)
+    body = bytes(range(256)) * 4 * 1024  # 1 MiB in 16 PATCHes of 64 KiB
+    assert upload(store, "slowslowslowslow", body, 16 * 1024, request=64 * 1024) == len(body)
     assert (tmp_path / "slowslowslowslow").read_bytes() == body
     lane_ = store.calls.write
     assert lane_.inline_calls == SLOW_CALLS

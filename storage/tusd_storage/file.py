@@ -232,8 +232,14 @@ def _copy_range(in_fd: int, out_fd: int, length: int) -> None:
 
 
 class FileAppender(Appender):
-    """Appends a request's bytes in batches of up to BATCH_BYTES, each written inline or,
-    while writes are slow, by a worker thread while the next one fills.
+    """Appends a request's bytes in batches of up to BATCH_BYTES.
+
+    A body of one batch (most PATCHes) is written inline, when the write lane allows. A
+    longer body is a stream: its batches after the first are written by a worker thread
+    while the next one fills, so that reading the socket and writing the file overlap.
+    Measured with one 1 GiB PATCH on tmpfs, every batch inline made the server slower (335-
+    700 MB/s against 870-940) and took twice the CPU: while the loop writes, the socket
+    buffer fills, the sender stalls, and the reads that follow come in smaller pieces.
 
     Every byte in a batch or a write in flight counts against the store's write budget.
     Without it, memory grew with concurrency: each of 500 requests held its whole 256 KiB
@@ -265,6 +271,8 @@ class FileAppender(Appender):
         self._batch_started = 0.0
         #: the write of the previous batch, still running in a worker thread
         self._pending: asyncio.Future[None] | None = None
+        #: batches handed to a write so far
+        self._batches = 0
 
     def _open(self) -> int:
         if self._fd is None:
@@ -278,7 +286,8 @@ class FileAppender(Appender):
         if not chunk:
             return
         if not self._budget.try_take(len(chunk)):
-            await self._submit()  # what we hold goes out first: it frees room when written
+            # what we hold goes out first: it frees room when written
+            await self._submit(last=False)
             await self._budget.take(len(chunk))
         now = asyncio.get_running_loop().time()
         if not self._batch:
@@ -291,9 +300,11 @@ class FileAppender(Appender):
             or len(self._batch) >= MAX_IOVECS
             or now - self._batch_started >= BATCH_MAX_AGE
         ):
-            await self._submit()
+            await self._submit(last=False)
 
-    async def _submit(self) -> None:
+    async def _submit(self, last: bool) -> None:
+        """Write the batch: inline when the lane allows and it is the body's last or first
+        batch, else in a worker thread while the next batch fills."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
             await pending
@@ -308,7 +319,8 @@ class FileAppender(Appender):
             self._budget.release(charge)
             raise
         lane = self._calls.write
-        if lane.inline():
+        self._batches += 1
+        if lane.inline() and (last or self._batches == 1):
             try:
                 await lane.run(self._position - position, _pwrite_all, fd, batch, position)
             finally:
@@ -324,7 +336,7 @@ class FileAppender(Appender):
 
     async def close(self) -> Stored:
         try:
-            await self._submit()
+            await self._submit(last=True)
             if self._pending is not None:
                 pending, self._pending = self._pending, None
                 await pending
