@@ -12,11 +12,12 @@ import pytest
 
 from tests.unit._async import run, until
 from tusd_py.core.body import DRAIN_MAX, BodyResult, pump_body
-from tusd_py.core.ports import HANDOVER, Holding
+from tusd_py.core.ports import HANDOVER, Holding, NullMeter
 from tusd_py.state.local_locks import LocalLocks
 from tusd_storage import MemoryStore
 
 ID = "abcdefghijklmnop"
+MiB = 1024 * 1024
 
 
 def body_messages(chunks: Iterable[bytes], *, end: str = "complete") -> list[dict[str, Any]]:
@@ -261,3 +262,42 @@ def test_receiving_flag_is_set_only_while_waiting() -> None:
         return flags
 
     assert run(main) == [True, False, True, False, False]
+
+
+class CountingMeter(NullMeter):
+    def __init__(self) -> None:
+        self.told: list[int] = []
+
+    def bytes_received(self, count: int) -> None:
+        self.told.append(count)
+
+
+@pytest.mark.parametrize("end", ["complete", "disconnect"])
+def test_bytes_received_are_told_to_the_meter_in_steps_and_at_the_end(end: str) -> None:
+    """2.5 MiB in 64 KiB chunks: the meter hears of them at each MiB and once at the end (a
+    counter update per chunk was most of a request's metric updates), all of them either way."""
+    chunk = b"x" * (64 * 1024)
+    meter = CountingMeter()
+
+    async def main() -> BodyResult:
+        store = MemoryStore()
+        await store.create(ID, None)
+        receive = FakeReceive(body_messages([chunk] * 40, end=end))
+        return await pump_body(receive, store.appender(ID, 0), None, None, Holding(ID), meter)
+
+    result = run(main)
+    assert result.received == 40 * len(chunk)
+    assert meter.told == [MiB, MiB, MiB // 2]
+
+
+def test_the_meter_hears_of_bytes_received_before_an_overrun() -> None:
+    meter = CountingMeter()
+
+    async def main() -> BodyResult:
+        store = MemoryStore()
+        await store.create(ID, None)
+        receive = FakeReceive(body_messages([b"abc", b"defg"]))
+        return await pump_body(receive, store.appender(ID, 0), 5, None, Holding(ID), meter)
+
+    assert run(main).overrun
+    assert meter.told == [3]

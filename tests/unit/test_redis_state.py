@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from tests.conftest import missing_service
 from tests.unit._async import run, until
-from tusd_protocol.errors import UploadLocked
+from tusd_protocol.errors import UploadGone, UploadLocked
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
 from tusd_py.core.ports import HANDOVER
 from tusd_py.state.redis_cache import RedisStateCache
@@ -556,8 +556,10 @@ def test_a_lock_is_kept_for_the_uploads_next_request_then_given_back_with_its_st
             async with locks.hold(ID) as holding:
                 assert holding.keeps_state
                 assert await client.get(locks.key(ID)) == token  # the same lease, no new take
-                # the holder starts from the state the lock was kept with (no database read)
-                assert holding.settled == make(version=1, offset=10)
+                # the holder may start from the state the lock was kept with (no database
+                # read); what it settles is its own to say
+                assert holding.kept == make(version=1, offset=10)
+                assert holding.settled is None
                 holding.settled = make(version=2, offset=20)
             assert locks.reused == 1
             await asyncio.sleep(0.15)
@@ -708,11 +710,60 @@ def test_requests_that_take_a_kept_lock_read_nothing_from_the_database(
             assert reads == [upload.id]
             stored = b"".join([b async for b in store.read(upload.id, 0, 30)])
             assert stored == b"x" * 20 + b"y" * 10
+            # a termination that takes a kept lock: what it committed is what stays (the
+            # kept state is a starting point, never what goes back to the cache)
+            upload = await one.create(Create(length=30), body(b""), "/files/", frozenset())
+            await one.append(upload.id, Append(0, Body(10)), body(b"x" * 10))
+            reused = locks[0].reused
+            await one.terminate(upload.id)
+            assert locks[0].reused == reused + 1
+            for service in (one, two):
+                with pytest.raises(UploadGone):
+                    await service.head(upload.id)
+            cached = await caches[1].get(upload.id)
+            assert cached is not None and cached.status is UploadStatus.TERMINATED
         finally:
             for lock in locks:
                 await lock.stop()
             for client in clients:
                 await client.aclose()
             await database.close()
+
+    run(main)
+
+
+def test_concurrent_takes_and_releases_go_to_redis_in_pipelines(
+    redis_url: str, prefix: str
+) -> None:
+    """100 requests take 100 uploads' locks at once: the takes (and then the releases) go in
+    a few pipelines, not 100 round trips; each still holds its own lock alone."""
+
+    async def main() -> None:
+        client = Redis.from_url(redis_url)
+        locks = RedisLocks(client, prefix=prefix, keep_seconds=0)
+        other = Redis.from_url(redis_url)
+        ids = [f"batch{n:011d}" for n in range(100)]
+        entered = asyncio.Event()
+        inside = 0
+
+        async def request(upload_id: str) -> None:
+            nonlocal inside
+            async with locks.hold(upload_id):
+                assert await other.get(locks.key(upload_id)) is not None
+                inside += 1
+                if inside == len(ids):
+                    entered.set()
+                await entered.wait()  # every lock is held at once
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(request(i) for i in ids)), 10)
+            assert locks._takes.calls == len(ids) and locks._takes.batches < len(ids) / 5
+            assert locks._gives.calls == len(ids) and locks._gives.batches < len(ids) / 5
+            for upload_id in ids:
+                assert not await other.exists(locks.key(upload_id))
+        finally:
+            await locks.stop()
+            await client.aclose()
+            await other.aclose()
 
     run(main)

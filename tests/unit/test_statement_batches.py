@@ -12,7 +12,7 @@ import sqlalchemy.exc as sa_exc
 
 from tests.unit._async import run
 from tusd_protocol.state import ConcatKind, Upload, UploadStatus
-from tusd_py.state.statement_batches import Batcher
+from tusd_py.state.batching import Batcher
 from tusd_storage import EMPTY_LAYOUT
 
 # --- the Batcher, with a recording batch runner -------------------------------------------

