@@ -176,6 +176,30 @@ def test_a_long_body_is_a_stream_whose_writes_overlap_with_reading(tmp_path: Pat
     assert store.calls.write.thread_calls == 3
 
 
+@pytest.mark.usefixtures("generous")
+def test_a_slow_clients_small_batches_are_written_inline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that trickles in is written as its batches age (BATCH_MAX_AGE): each is small,
+    nothing overlaps with reading worth a thread hop, so every one is written inline."""
+    monkeypatch.setattr(file_module, "BATCH_MAX_AGE", 0.01)
+    store = FileStore(tmp_path, FsyncPolicy.NEVER)
+
+    async def main() -> None:
+        await store.create("trickletrickletr", None)
+        appender = store.appender("trickletrickletr", 0)
+        for n in range(6):
+            await appender.write(bytes([n]) * 1024)
+            await asyncio.sleep(0.02)
+        assert (await appender.close()).size == 6 * 1024
+
+    asyncio.run(main())
+    assert store.calls.write.inline_calls >= 3 and store.calls.write.thread_calls == 0
+    assert (tmp_path / "trickletrickletr").read_bytes() == b"".join(
+        bytes([n]) * 1024 for n in range(6)
+    )
+
+
 def test_slow_writes_move_to_threads_and_every_byte_still_lands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
