@@ -6,6 +6,7 @@ has served earlier tests), parsing the Prometheus text format with prometheus_cl
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,6 +94,7 @@ def test_metrics_answer_in_the_prometheus_text_format_without_tus_resumable(
         "tusdpy_db_pool_in_use",
         "tusdpy_db_pool_overflow",
         "tusdpy_db_pool_waiting",
+        "tusd_connections_open",
     ):
         assert found.has(name), name
     # tusd's own names, exactly: its dashboards query them without a suffix
@@ -105,6 +107,22 @@ def test_metrics_answer_in_the_prometheus_text_format_without_tus_resumable(
     # creation larger than the free disk is a disk refusal)
     for reason in ("concurrency", "rate", "memory", "disk"):
         assert f'tusdpy_admission_refusals_total{{reason="{reason}"}}' in response.text
+
+
+def test_open_connections_are_reported_under_tusds_name(server: ServerProcess) -> None:
+    """tusd_connections_open: 20 idle keep-alive connections show, and leave when closed."""
+    def reported() -> float:
+        return scrape(server).value("tusd_connections_open")
+
+    base = reported()
+    host, port = server.base_url.split("//", 1)[1].split(":")
+    sockets = [socket.create_connection((host, int(port)), timeout=5) for _ in range(20)]
+    try:
+        assert wait_for(lambda: reported() >= base + 20, 5), reported()
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert wait_for(lambda: reported() <= base, 5), reported()
 
 
 def test_scrapes_and_probes_are_not_counted_as_tus_requests(server: ServerProcess) -> None:

@@ -41,6 +41,7 @@ def build_app(settings: Settings, store: Store | None = None) -> Starlette:
     service = build_service(settings, database, redis, store, meter)
     meter.watch_cache(service.cache)
     meter.watch_database(database)
+    meter.watch_connections(fasthttp.open_connections)
     runtime = Runtime(settings, database, service, redis)
     admission = build_admission(settings, redis)
     runtime.readiness_checks.append(admission.disk_problem)

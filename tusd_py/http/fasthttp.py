@@ -71,6 +71,8 @@ class _Queued:
     their next request (the event loop's thread only touches them)."""
 
     total = 0
+    #: connections open in this process (tusd_connections_open)
+    open = 0
     #: connections between requests that read: parked when the budget is passed
     idle: dict[Any, None] = {}
     #: connections between requests that do not read until there is room, oldest first
@@ -123,6 +125,11 @@ def _unpark_connections() -> None:
         protocol = next(iter(_Queued.parked))
         protocol.unpark()
         _Queued.reserved[protocol] = now
+
+
+def open_connections() -> int:
+    """Connections open in this process now."""
+    return _Queued.open
 
 
 def parked_connections() -> int:
@@ -212,11 +219,13 @@ def protocol_class() -> type[Any] | str:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            _Queued.open += 1
             self.head_started = self.last_data = self.loop.time()
             self._arm_watchdog()
             self._between_requests()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            _Queued.open -= 1
             if self.watchdog is not None:
                 self.watchdog.cancel()
                 self.watchdog = None

@@ -127,6 +127,12 @@ class PrometheusMeter:
         self._terminated = Counter(
             "tusd_uploads_terminated", "Number of terminated uploads.", registry=r
         )
+        self._connections = Gauge(
+            "tusd_connections_open",
+            "Current number of open connections.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         # --- our own ---
         self._durations = Histogram(
             "tusdpy_request_duration_seconds",
@@ -240,6 +246,7 @@ class PrometheusMeter:
         self._cache: Any = None
         self._cache_seen = [0, 0, 0]
         self._pool: _PoolWatch | None = None
+        self._open_connections: Callable[[], int] | None = None
         self._sampler: asyncio.Task[None] | None = None
 
     # --- the Meter of the core ---------------------------------------------------------
@@ -326,8 +333,15 @@ class PrometheusMeter:
         """The state database (tusd_py.state.database.Database), read at scrape time."""
         self._pool = _PoolWatch(database)
 
+    def watch_connections(self, count: Callable[[], int]) -> None:
+        """`count()`: the connections open in this process (counted by the HTTP protocol,
+        read here, so that a connection costs no metric update)."""
+        self._open_connections = count
+
     def sample(self) -> None:
         """Copy the watched objects' figures into the series."""
+        if self._open_connections is not None:
+            self._connections.set(self._open_connections())
         cache = self._cache
         if cache is not None:
             seen = self._cache_seen
