@@ -2,9 +2,9 @@
 
 Bytes go from the request straight to the file: chunks are gathered (by reference, never
 copied) into batches written with one pwritev each. Memory per request is bounded by two
-batches, whatever the chunk or upload size. Writes and flushes run on the event loop while
-the file system answers at memory speed, in worker threads while it does not (file_calls.py);
-in threads, the next batch is collected while the previous one is being written.
+batches, whatever the chunk or upload size. Writes and flushes run on the event loop when
+they are memory copies, in worker threads when they wait for a device (file_calls.py); in
+threads, the next batch is collected while the previous one is being written.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class FileStore(Store):
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         #: where writes and flushes run: inline or in worker threads
-        self.calls = FileCalls(file_io)
+        self.calls = FileCalls(file_io, self.directory)
         #: what every appender's batches and writes in flight draw from
         self.write_budget = ByteBudget(write_memory)
 
@@ -94,7 +94,7 @@ class FileStore(Store):
             os.close(fd)
             self._sync_directory()
 
-        await self.calls.sync.run(0, make)
+        await self.calls.sync.run(make)
         return EMPTY_LAYOUT
 
     def appender(
@@ -156,7 +156,7 @@ class FileStore(Store):
                 if self.fsync is FsyncPolicy.ALWAYS:
                     os.fsync(handle.fileno())
 
-        await self.calls.sync.run(0, settle)
+        await self.calls.sync.run(settle)
         return layout
 
     async def delete(self, upload_id: str, layout: Layout = EMPTY_LAYOUT) -> None:
@@ -166,7 +166,7 @@ class FileStore(Store):
             except FileNotFoundError:
                 pass
 
-        await self.calls.sync.run(0, remove)
+        await self.calls.sync.run(remove)
 
     async def collect_garbage(self, live: LiveUploads, min_age: timedelta) -> int:
         """Remove the files of uploads the database does not keep (never recorded: the
@@ -259,7 +259,7 @@ class FileAppender(Appender):
         calls: FileCalls | None = None,
     ) -> None:
         self._budget = budget if budget is not None else ByteBudget(WRITE_MEMORY)
-        self._calls = calls if calls is not None else FileCalls()
+        self._calls = calls if calls is not None else FileCalls(FileIoMode.THREADS)
         self._path = path
         self._fd: int | None = None
         self._position = offset
@@ -326,7 +326,7 @@ class FileAppender(Appender):
         self._batches += 1
         if not streaming and lane.inline():
             try:
-                await lane.run(self._position - position, _pwrite_all, fd, batch, position)
+                await lane.run(_pwrite_all, fd, batch, position)
             finally:
                 self._budget.release(charge)
         else:
@@ -345,7 +345,7 @@ class FileAppender(Appender):
                 pending, self._pending = self._pending, None
                 await pending
             if self._fd is not None and self._fsync is FsyncPolicy.ALWAYS:
-                await self._calls.sync.run(0, os.fsync, self._fd)
+                await self._calls.sync.run(os.fsync, self._fd)
         finally:
             self._close_fd()
         return Stored(self._position - self._start)

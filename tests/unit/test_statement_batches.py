@@ -222,3 +222,58 @@ def test_batched_statements_answer_each_call_as_a_lone_statement_would(
             await database.close()
 
     run(main, timeout=30)
+
+
+# --- the grouped writes on SQLite ------------------------------------------------------------
+
+
+def test_sqlite_writes_are_committed_in_groups_and_answer_each_call_alone(tmp_path: Any) -> None:
+    """SQLite's hot writes (sqlite_groups.py): concurrent INSERTs and guarded UPDATEs share
+    a transaction and its commit; each caller still gets its own answer, and a write the
+    database refuses (here: an id that exists) fails alone."""
+    from tusd_py.state.database import Database
+    from tusd_py.state.migrations import upgrade
+    from tusd_py.state.sql import Repository
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    upgrade(url)
+
+    async def main() -> None:
+        database = Database(url, queue_timeout=5)
+        repository = Repository(database)
+        groups = repository._groups
+        assert groups is not None and repository._hot is None
+        try:
+            uploads = [_upload(n) for n in range(60)]
+            await asyncio.gather(*(repository.insert(u, {"name": b"x.bin"}) for u in uploads))
+            assert groups.inserts.batches < groups.inserts.calls == 60  # they went together
+            assert await asyncio.gather(*(repository.get(u.id) for u in uploads)) == uploads
+
+            stale = [
+                dataclasses.replace(u, offset=5) if n % 2 else u for n, u in enumerate(uploads)
+            ]
+            moved = await asyncio.gather(
+                *(
+                    repository.transition(u, status=UploadStatus.RECEIVING, offset=100)
+                    for u in stale
+                )
+            )
+            assert groups.transitions.batches < groups.transitions.calls == 60
+            assert [m is not None for m in moved] == [n % 2 == 0 for n in range(60)]
+            after = await asyncio.gather(*(repository.get(u.id) for u in uploads))
+            assert [u.offset for u in after] == [0 if n % 2 else 100 for n in range(60)]
+
+            good = [_upload(n) for n in range(100, 110)]
+            again = uploads[7]  # already there: the primary key refuses it
+            results = await asyncio.gather(
+                *(repository.insert(u, {}) for u in [*good[:5], again, *good[5:]]),
+                return_exceptions=True,
+            )
+            assert isinstance(results[5], sa_exc.IntegrityError)
+            assert [r for n, r in enumerate(results) if n != 5] == [None] * 10
+            assert all(await asyncio.gather(*(repository.get(u.id) for u in good)))
+            assert await repository.get(again.id) == uploads[7]
+        finally:
+            await database.close()
+
+    run(main, timeout=30)

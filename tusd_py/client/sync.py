@@ -331,4 +331,3 @@ class TusClient:
                     raise UploadFailed(0, "ERR_NO_ANSWER", f"Downloading: {exc}") from exc
                 if cancel.wait(self.retry.delay(attempt, no_answer(exc), self.rng)):
                     raise Cancelled("the download was cancelled") from exc
-

@@ -17,7 +17,7 @@ from tusd_protocol.state import Upload
 from .batching import Batcher
 from .postgres_direct import DirectStatements
 from .sql import UPLOAD_COLUMNS, upload_from_tuple, uploads
-from .statement_batches import data_error, json_rows, recordset
+from .statement_batches import data_error, inserted_id, json_rows, moved_id, recordset
 
 
 def _quoted(name: str) -> str:
@@ -77,10 +77,10 @@ class HotStatements:
             self._get_batch, key=_same, max_in_flight=max_in_flight
         )
         self.inserts: Batcher[Row, None] = Batcher(
-            self._insert_batch, key=_inserted_id, max_in_flight=max_in_flight
+            self._insert_batch, key=inserted_id, max_in_flight=max_in_flight
         )
         self.transitions: Batcher[Row, bool] = Batcher(
-            self._transition_batch, key=_moved_id, max_in_flight=max_in_flight
+            self._transition_batch, key=moved_id, max_in_flight=max_in_flight
         )
 
     async def get(self, upload_id: str) -> Upload | None:
@@ -146,11 +146,3 @@ async def _each_on_data_error(
 
 def _same(upload_id: str) -> Hashable:
     return upload_id
-
-
-def _inserted_id(row: Row) -> Hashable:
-    return str(row["v_id"])
-
-
-def _moved_id(row: Row) -> Hashable:
-    return str(row["old_id"])

@@ -22,6 +22,7 @@ from .database import Database
 
 if TYPE_CHECKING:
     from .postgres_hot import HotStatements
+    from .sqlite_groups import SqliteGroups
 
 metadata_obj = sa.MetaData()
 
@@ -347,6 +348,12 @@ class Repository:
             from .postgres_hot import HotStatements
 
             self._hot = HotStatements(database.direct)
+        #: SQLite: the hot writes committed in groups with concurrent ones (sqlite_groups.py)
+        self._groups: SqliteGroups | None = None
+        if database.is_sqlite:
+            from .sqlite_groups import SqliteGroups
+
+            self._groups = SqliteGroups(database)
 
     async def insert(
         self,
@@ -358,10 +365,12 @@ class Repository:
         events: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         """Insert the upload; `events` go to the outbox in the same transaction."""
-        if self._hot is not None and not partial_ids and not events:  # one INSERT (batched)
-            values = insert_values(upload, metadata, now or datetime.now(UTC), layout)
-            await self._hot.insert(values)
-            return
+        if not partial_ids and not events:  # one INSERT (batched, or grouped on SQLite)
+            batched = self._hot or self._groups
+            if batched is not None:
+                values = insert_values(upload, metadata, now or datetime.now(UTC), layout)
+                await batched.insert(values)
+                return
         # one INSERT unless the final of a concatenation lists its partials, or events go too
         run = self.database.run if partial_ids or events else self.database.run_single
         return await run(self._sql.insert, upload, metadata, partial_ids, now, layout, events)
@@ -393,10 +402,11 @@ class Repository:
         """Move `old` to its next state; None when the stored record is no longer `old`.
         `events` go to the outbox in the same transaction (and only if it commits)."""
         single = layout is None and not new_parts and not events
-        if single and self._hot is not None:  # one guarded UPDATE (batched)
+        batched = self._hot or self._groups
+        if single and batched is not None:  # one guarded UPDATE (batched, or grouped)
             now = now or datetime.now(UTC)
             new = next_record(old, status, offset, length, expires_at)
-            moved = await self._hot.transition(transition_values(old, new, now))
+            moved = await batched.transition(transition_values(old, new, now))
             return new if moved else None
         # one guarded UPDATE unless the store's record of parts and fragments moves with it
         run = self.database.run_single if single else self.database.run

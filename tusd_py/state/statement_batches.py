@@ -62,6 +62,16 @@ def _json_value(value: object) -> str:
     raise TypeError(f"{type(value).__name__} is not a statement parameter")
 
 
+def inserted_id(row: Mapping[str, Any]) -> str:
+    """The upload an INSERT_UPLOAD row creates (two never share a batch)."""
+    return str(row["v_id"])
+
+
+def moved_id(row: Mapping[str, Any]) -> str:
+    """The upload a TRANSITION_UPLOAD row moves (two never share a batch)."""
+    return str(row["old_id"])
+
+
 def data_error(exc: BaseException) -> bool:
     """A batch failed because of what one of its rows holds, not because the database was
     unreachable or busy: worth retrying its calls one at a time."""
