@@ -459,11 +459,12 @@ class Settings:
         FileIoMode.AUTO,
         parse=one_of_enum(FileIoMode),
         commands=[SERVE],
-        help="Where the file store's writes and flushes run: `auto` on the event loop while "
-        "the file system answers at memory speed and in worker threads while it does not, "
-        "`inline` always on the event loop, `threads` always in worker threads.",
-        doc="`threads` suits a file system known to stall (NFS, a busy shared disk); `auto` "
-        "finds a disk whose fsync takes milliseconds by itself. S3 storage does not use it.",
+        help="Where the file store's writes and flushes run: `auto` by the file system (tmpfs: "
+        "both on the event loop; a local disk: writes on the event loop, flushes in worker "
+        "threads; NFS, FUSE or unknown: both in threads), `inline` always on the event loop, "
+        "`threads` always in worker threads.",
+        doc="With `auto`, an event-loop call that takes 100 ms moves its kind of call to "
+        "threads for 30 s (longer while it stays slow). S3 storage does not use it.",
     )
     s3_endpoint: str = option(
         "s3.amazonaws.com",
