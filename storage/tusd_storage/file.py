@@ -273,8 +273,6 @@ class FileAppender(Appender):
         self._batch_started = 0.0
         #: the write of the previous batch, still running in a worker thread
         self._pending: asyncio.Future[None] | None = None
-        #: batches handed to a write so far
-        self._batches = 0
 
     def _open(self) -> int:
         if self._fd is None:
@@ -314,7 +312,8 @@ class FileAppender(Appender):
         if not self._batch:
             return
         batch, charge, position = self._batch, self._batch_charge, self._position
-        streaming = not last and self._batches > 0 and self._batch_size >= BATCH_BYTES
+        # an earlier batch of this body went out already (the position moved past the start)
+        streaming = not last and position > self._start and self._batch_size >= BATCH_BYTES
         self._position += self._batch_size
         self._batch, self._batch_size, self._batch_charge = [], 0, 0
         try:
@@ -323,7 +322,6 @@ class FileAppender(Appender):
             self._budget.release(charge)
             raise
         lane = self._calls.write
-        self._batches += 1
         if not streaming and lane.inline():
             try:
                 await lane.run(_pwrite_all, fd, batch, position)

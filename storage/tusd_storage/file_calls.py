@@ -80,9 +80,7 @@ def file_system_type(path: Path | str, mounts: str = "/proc/self/mounts") -> str
                     continue
                 point = _unescape(fields[1])
                 inside = (
-                    target == point
-                    or point == "/"
-                    or target.startswith(point.rstrip("/") + "/")
+                    target == point or point == "/" or target.startswith(point.rstrip("/") + "/")
                 )
                 if inside and (found is None or len(point) >= found[0]):
                     found = (len(point), fields[2])

@@ -111,6 +111,7 @@ def test_metrics_answer_in_the_prometheus_text_format_without_tus_resumable(
 
 def test_open_connections_are_reported_under_tusds_name(server: ServerProcess) -> None:
     """tusd_connections_open: 20 idle keep-alive connections show, and leave when closed."""
+
     def reported() -> float:
         return scrape(server).value("tusd_connections_open")
 

@@ -160,6 +160,50 @@ def _upload(number: int) -> Upload:
     )
 
 
+async def _writes_answer_each_call_alone(
+    repository: Any, batched: Any, refused: Upload, error: type[BaseException]
+) -> None:
+    """60 concurrent INSERTs, reads and guarded UPDATEs (half with a stale offset) go in
+    batches, and each caller gets what a lone statement would have answered; `refused`, which
+    the database refuses, fails its own INSERT only and the rest of its batch is written."""
+    uploads = [_upload(n) for n in range(60)]
+    batches, calls = batched.inserts.batches, batched.inserts.calls
+    await asyncio.gather(
+        *(repository.insert(u, {"name": b"x.bin"}, layout=EMPTY_LAYOUT) for u in uploads)
+    )
+    # they went together
+    assert batched.inserts.batches - batches < batched.inserts.calls - calls == 60
+
+    got = await asyncio.gather(*(repository.get(u.id) for u in uploads))
+    assert got == uploads  # every field back as written, each to its caller
+    assert await repository.get("nosuchupload") is None
+
+    # half move from the state they read; the other half claim a stale offset: their guard
+    # fails, in the same batches, and only they are told so
+    stale = [dataclasses.replace(u, offset=5) if n % 2 else u for n, u in enumerate(uploads)]
+    moved = await asyncio.gather(
+        *(repository.transition(u, status=UploadStatus.RECEIVING, offset=100) for u in stale)
+    )
+    assert batched.transitions.batches < batched.transitions.calls == 60
+    for n, result in enumerate(moved):
+        if n % 2:
+            assert result is None
+        else:
+            assert result is not None and result.offset == 100
+            assert result.version == uploads[n].version + 1
+    after = await asyncio.gather(*(repository.get(u.id) for u in uploads))
+    assert [u.offset for u in after] == [0 if n % 2 else 100 for n in range(60)]
+
+    good = [_upload(n) for n in range(100, 110)]
+    results = await asyncio.gather(
+        *(repository.insert(u, {}) for u in [*good[:5], refused, *good[5:]]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[5], error)
+    assert [r for n, r in enumerate(results) if n != 5] == [None] * 10
+    assert all(await asyncio.gather(*(repository.get(u.id) for u in good)))
+
+
 def test_batched_statements_answer_each_call_as_a_lone_statement_would(
     postgres_databases: Any,
 ) -> None:
@@ -173,51 +217,12 @@ def test_batched_statements_answer_each_call_as_a_lone_statement_would(
     async def main() -> None:
         database = Database(url, pool_size=4, queue_timeout=5)
         repository = Repository(database)
-        hot = repository._hot
-        assert hot is not None
         try:
-            uploads = [_upload(n) for n in range(60)]
-            await asyncio.gather(
-                *(repository.insert(u, {"name": b"x.bin"}, layout=EMPTY_LAYOUT) for u in uploads)
+            # an id longer than its column
+            too_long = dataclasses.replace(_upload(999), id="x" * 65)
+            await _writes_answer_each_call_alone(
+                repository, repository._hot, too_long, sa_exc.DBAPIError
             )
-            assert hot.inserts.batches < hot.inserts.calls == 60  # they went together
-
-            got = await asyncio.gather(*(repository.get(u.id) for u in uploads))
-            assert got == uploads  # every field back as written, each to its caller
-            assert await repository.get("nosuchupload") is None
-
-            # half move from the state they read; the other half claim a stale offset: their
-            # guard fails, in the same batches, and only they are told so
-            stale = [
-                dataclasses.replace(u, offset=5) if n % 2 else u for n, u in enumerate(uploads)
-            ]
-            moved = await asyncio.gather(
-                *(
-                    repository.transition(u, status=UploadStatus.RECEIVING, offset=100)
-                    for u in stale
-                )
-            )
-            assert hot.transitions.batches < hot.transitions.calls == 60
-            for n, result in enumerate(moved):
-                if n % 2:
-                    assert result is None
-                else:
-                    assert result is not None and result.offset == 100
-                    assert result.version == uploads[n].version + 1
-            after = await asyncio.gather(*(repository.get(u.id) for u in uploads))
-            assert [u.offset for u in after] == [0 if n % 2 else 100 for n in range(60)]
-
-            # a row the database refuses (an id longer than its column) fails its own call;
-            # the rest of its batch is written
-            good = [_upload(n) for n in range(100, 110)]
-            bad = dataclasses.replace(_upload(999), id="x" * 65)
-            results = await asyncio.gather(
-                *(repository.insert(u, {}) for u in [*good[:5], bad, *good[5:]]),
-                return_exceptions=True,
-            )
-            assert isinstance(results[5], sa_exc.DBAPIError)
-            assert [r for n, r in enumerate(results) if n != 5] == [None] * 10
-            assert all(await asyncio.gather(*(repository.get(u.id) for u in good)))
         finally:
             await database.close()
 
@@ -229,8 +234,7 @@ def test_batched_statements_answer_each_call_as_a_lone_statement_would(
 
 def test_sqlite_writes_are_committed_in_groups_and_answer_each_call_alone(tmp_path: Any) -> None:
     """SQLite's hot writes (sqlite_groups.py): concurrent INSERTs and guarded UPDATEs share
-    a transaction and its commit; each caller still gets its own answer, and a write the
-    database refuses (here: an id that exists) fails alone."""
+    a transaction and its commit, with the same answers as PostgreSQL's batches."""
     from tusd_py.state.database import Database
     from tusd_py.state.migrations import upgrade
     from tusd_py.state.sql import Repository
@@ -241,38 +245,15 @@ def test_sqlite_writes_are_committed_in_groups_and_answer_each_call_alone(tmp_pa
     async def main() -> None:
         database = Database(url, queue_timeout=5)
         repository = Repository(database)
-        groups = repository._groups
-        assert groups is not None and repository._hot is None
+        assert repository._hot is None
         try:
-            uploads = [_upload(n) for n in range(60)]
-            await asyncio.gather(*(repository.insert(u, {"name": b"x.bin"}) for u in uploads))
-            assert groups.inserts.batches < groups.inserts.calls == 60  # they went together
-            assert await asyncio.gather(*(repository.get(u.id) for u in uploads)) == uploads
-
-            stale = [
-                dataclasses.replace(u, offset=5) if n % 2 else u for n, u in enumerate(uploads)
-            ]
-            moved = await asyncio.gather(
-                *(
-                    repository.transition(u, status=UploadStatus.RECEIVING, offset=100)
-                    for u in stale
-                )
+            # SQLite keeps any length of text: its refusal is an id that exists
+            existing = _upload(7000)
+            await repository.insert(existing, {})
+            await _writes_answer_each_call_alone(
+                repository, repository._groups, existing, sa_exc.IntegrityError
             )
-            assert groups.transitions.batches < groups.transitions.calls == 60
-            assert [m is not None for m in moved] == [n % 2 == 0 for n in range(60)]
-            after = await asyncio.gather(*(repository.get(u.id) for u in uploads))
-            assert [u.offset for u in after] == [0 if n % 2 else 100 for n in range(60)]
-
-            good = [_upload(n) for n in range(100, 110)]
-            again = uploads[7]  # already there: the primary key refuses it
-            results = await asyncio.gather(
-                *(repository.insert(u, {}) for u in [*good[:5], again, *good[5:]]),
-                return_exceptions=True,
-            )
-            assert isinstance(results[5], sa_exc.IntegrityError)
-            assert [r for n, r in enumerate(results) if n != 5] == [None] * 10
-            assert all(await asyncio.gather(*(repository.get(u.id) for u in good)))
-            assert await repository.get(again.id) == uploads[7]
+            assert await repository.get(existing.id) == existing
         finally:
             await database.close()
 

@@ -97,6 +97,7 @@ class UploadPlan:
             retry=options.retry or RetryPolicy(),
             data_during_creation=options.data_during_creation,
         )
+        self._base = base
         self.ranges = self._ranges()
         if self.ranges is None:
             self.jobs = [replace(base, resume_url=entry.url if entry else None)]
@@ -140,14 +141,9 @@ class UploadPlan:
         return self.store.find(self.key, self.endpoint)
 
     def final_job(self) -> UploadJob:
-        """The job of the POST that joins a parallel upload's pieces."""
-        return UploadJob(
-            endpoint=self.endpoint,
-            size=self.size,
-            metadata=self.options.metadata,
-            headers=self.options.headers,
-            retry=self.options.retry or RetryPolicy(),
-        )
+        """The job of the POST that joins a parallel upload's pieces: the upload's own
+        (its endpoint, length, metadata, headers and retries)."""
+        return self._base
 
     def result(self, flows: Sequence[UploadFlow], url: str) -> UploadResult:
         """What the caller is told once every flow (and, parallel, the join) is done."""

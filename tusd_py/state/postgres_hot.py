@@ -9,15 +9,21 @@ sql.py's statements.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Hashable, Sequence
 
 from tusd_protocol.state import Upload
 
 from .batching import Batcher
 from .postgres_direct import DirectStatements
 from .sql import UPLOAD_COLUMNS, upload_from_tuple, uploads
-from .statement_batches import data_error, inserted_id, json_rows, moved_id, recordset
+from .statement_batches import (
+    Row,
+    each_on_data_error,
+    inserted_id,
+    json_rows,
+    moved_id,
+    recordset,
+)
 
 
 def _quoted(name: str) -> str:
@@ -63,9 +69,6 @@ TRANSITION_UPLOADS = (
     "RETURNING uploads.id"
 )
 
-Row = Mapping[str, Any]
-A = TypeVar("A")
-
 
 class HotStatements:
     """get, insert and transition for the Repository, each call batched with the
@@ -103,7 +106,7 @@ class HotStatements:
         async def insert(some: Sequence[Row]) -> None:
             await self.direct.run(INSERT_UPLOADS, {"rows": json_rows(some)}, fetch=False)
 
-        return await _each_on_data_error(rows, insert, lambda _: None)
+        return await each_on_data_error(rows, insert, lambda _: None)
 
     async def _transition_batch(self, rows: list[Row]) -> list[bool | BaseException]:
         moved: set[str] = set()
@@ -114,34 +117,7 @@ class HotStatements:
             )
             moved.update(row[0] for row in found)
 
-        return await _each_on_data_error(rows, transition, lambda row: row["old_id"] in moved)
-
-
-async def _each_on_data_error(
-    rows: list[Row],
-    run: Callable[[Sequence[Row]], Awaitable[None]],
-    answer: Callable[[Row], A],
-) -> list[A | BaseException]:
-    """Run the rows as one statement; if the batch fails on its data, run them one at a
-    time, so that only the row at fault fails."""
-    try:
-        await run(rows)
-    except Exception as exc:
-        if len(rows) == 1 or not data_error(exc):
-            raise
-    else:
-        return [answer(row) for row in rows]
-    answers: list[A | BaseException] = []
-    for row in rows:
-        try:
-            await run([row])
-        except Exception as exc:
-            if not data_error(exc):
-                raise
-            answers.append(exc)
-        else:
-            answers.append(answer(row))
-    return answers
+        return await each_on_data_error(rows, transition, lambda row: row["old_id"] in moved)
 
 
 def _same(upload_id: str) -> Hashable:

@@ -470,5 +470,6 @@ class RedisLocks:
                 lease.holding.request_stop()
 
 
-def _first(call: tuple[str, ...] | tuple[str, str, Upload | None]) -> str:
+def _first(call: tuple[str, str] | tuple[str, str, Upload | None]) -> str:
+    """The upload a take or a give-back is for (two never share a pipeline)."""
     return call[0]

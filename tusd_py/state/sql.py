@@ -354,6 +354,8 @@ class Repository:
             from .sqlite_groups import SqliteGroups
 
             self._groups = SqliteGroups(database)
+        #: where a lone INSERT or guarded UPDATE goes with the concurrent ones (either one)
+        self._batched_writes = self._hot or self._groups
 
     async def insert(
         self,
@@ -365,12 +367,11 @@ class Repository:
         events: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         """Insert the upload; `events` go to the outbox in the same transaction."""
-        if not partial_ids and not events:  # one INSERT (batched, or grouped on SQLite)
-            batched = self._hot or self._groups
-            if batched is not None:
-                values = insert_values(upload, metadata, now or datetime.now(UTC), layout)
-                await batched.insert(values)
-                return
+        batched = self._batched_writes
+        if batched is not None and not partial_ids and not events:  # one INSERT, batched
+            values = insert_values(upload, metadata, now or datetime.now(UTC), layout)
+            await batched.insert(values)
+            return
         # one INSERT unless the final of a concatenation lists its partials, or events go too
         run = self.database.run if partial_ids or events else self.database.run_single
         return await run(self._sql.insert, upload, metadata, partial_ids, now, layout, events)
@@ -402,8 +403,8 @@ class Repository:
         """Move `old` to its next state; None when the stored record is no longer `old`.
         `events` go to the outbox in the same transaction (and only if it commits)."""
         single = layout is None and not new_parts and not events
-        batched = self._hot or self._groups
-        if single and batched is not None:  # one guarded UPDATE (batched, or grouped)
+        batched = self._batched_writes
+        if single and batched is not None:  # one guarded UPDATE, batched
             now = now or datetime.now(UTC)
             new = next_record(old, status, offset, length, expires_at)
             moved = await batched.transition(transition_values(old, new, now))

@@ -13,24 +13,22 @@ What does not change:
 - Guards: each guarded UPDATE is its own statement, with its own expected status, offset
   and version; a guard that fails answers its own caller only (False: a lost race).
 - Errors: a write that fails on its data (a constraint) rolls the group back, and the
-  group is written again one transaction per row, so that only that write fails; any other
-  error (the database locked past its timeout, a full disk) is every write's of the group.
+  group is written again one transaction per row, so that only that write fails (the same
+  rule as PostgreSQL's batches: statement_batches.each_on_data_error); any other error (the
+  database locked past its timeout, a full disk) is every write's of the group.
 - Two writes for the same upload never share a group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
 from .batching import Batcher
 from .database import Database
 from .sql import INSERT_UPLOAD, TRANSITION_UPLOAD
-from .statement_batches import data_error, inserted_id, moved_id
-
-Row = Mapping[str, Any]
+from .statement_batches import Row, each_on_data_error, inserted_id, moved_id
 
 
 class SqliteGroups:
@@ -39,7 +37,7 @@ class SqliteGroups:
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self.inserts: Batcher[Row, bool] = Batcher(
+        self.inserts: Batcher[Row, None] = Batcher(
             self._insert_group, key=inserted_id, max_in_flight=1
         )
         self.transitions: Batcher[Row, bool] = Batcher(
@@ -54,31 +52,23 @@ class SqliteGroups:
         expected old one)."""
         return await self.transitions.submit(values)
 
-    async def _insert_group(self, rows: list[Row]) -> list[bool | BaseException]:
-        return await self.database.run(write_group, INSERT_UPLOAD, rows)
+    async def _insert_group(self, rows: list[Row]) -> list[BaseException | None]:
+        async def insert(some: Sequence[Row]) -> None:
+            await self.database.run(_write_all, INSERT_UPLOAD, some)
+
+        return await each_on_data_error(rows, insert, lambda _: None)
 
     async def _transition_group(self, rows: list[Row]) -> list[bool | BaseException]:
-        return await self.database.run(write_group, TRANSITION_UPLOAD, rows)
+        moved: set[str] = set()
+
+        async def transition(some: Sequence[Row]) -> None:
+            counts = await self.database.run(_write_all, TRANSITION_UPLOAD, some)
+            moved.update(moved_id(row) for row, count in zip(some, counts, strict=True) if count)
+
+        return await each_on_data_error(rows, transition, lambda row: moved_id(row) in moved)
 
 
-def write_group(
-    conn: sa.Connection, statement: sa.Executable, rows: Sequence[Row]
-) -> list[bool | BaseException]:
-    """`statement` once per row, all in one transaction: for each row, whether it changed
-    one row, or (after a data error) the error its own transaction raised."""
-    try:
-        with conn.begin():
-            return [conn.execute(statement, row).rowcount == 1 for row in rows]
-    except sa.exc.DBAPIError as exc:
-        if len(rows) == 1 or not data_error(exc):
-            raise
-    answers: list[bool | BaseException] = []
-    for row in rows:
-        try:
-            with conn.begin():
-                answers.append(conn.execute(statement, row).rowcount == 1)
-        except sa.exc.DBAPIError as exc:
-            if not data_error(exc):
-                raise
-            answers.append(exc)
-    return answers
+def _write_all(conn: sa.Connection, statement: sa.Executable, rows: Sequence[Row]) -> list[int]:
+    """`statement` once per row, all in one transaction (one commit): the rows each changed."""
+    with conn.begin():
+        return [conn.execute(statement, row).rowcount for row in rows]

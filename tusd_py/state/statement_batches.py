@@ -31,12 +31,15 @@ What does not change:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
+
+Row = Mapping[str, Any]
+A = TypeVar("A")
 
 
 def _pg_type(column: sa.Column[Any]) -> str:
@@ -78,3 +81,31 @@ def data_error(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DBAPIError) and not isinstance(
         exc, sa_exc.OperationalError | sa_exc.TimeoutError
     )
+
+
+async def each_on_data_error(
+    rows: list[Row],
+    run: Callable[[Sequence[Row]], Awaitable[None]],
+    answer: Callable[[Row], A],
+) -> list[A | BaseException]:
+    """`run(rows)` as one batch (one statement, one transaction); if it fails on its data,
+    run the rows one at a time, so that only the row at fault fails: each row's `answer`,
+    or its error."""
+    try:
+        await run(rows)
+    except Exception as exc:
+        if len(rows) == 1 or not data_error(exc):
+            raise
+    else:
+        return [answer(row) for row in rows]
+    answers: list[A | BaseException] = []
+    for row in rows:
+        try:
+            await run([row])
+        except Exception as exc:
+            if not data_error(exc):
+                raise
+            answers.append(exc)
+        else:
+            answers.append(answer(row))
+    return answers
